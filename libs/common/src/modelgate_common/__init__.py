@@ -1,0 +1,71 @@
+"""modelgate's shared library: what every service needs, written once."""
+
+from ._app import create_service_app
+from ._errors import (
+    BadRequest,
+    Conflict,
+    Forbidden,
+    NotFound,
+    ServiceError,
+    ServiceUnavailable,
+    TooManyRequests,
+    Unauthorized,
+    error_responses,
+    install_error_handlers,
+)
+from ._files import write_private, write_public
+from ._health import CheckResult, HealthChecks
+from ._logging import audit, configure_logging, request_id_var
+from ._redis import create_redis, redis_ok
+from ._resources import shared_resources
+from ._security import (
+    ADMIN_SCOPES,
+    ALGORITHM,
+    ROLES,
+    USER_SCOPES,
+    KeySet,
+    Principal,
+    TokenVerifier,
+    authenticate,
+    bearer_scheme,
+    revoked_jti_key,
+    revoked_subject_key,
+)
+from ._settings import CommonSettings, read_secret
+
+__all__ = [
+    "ADMIN_SCOPES",
+    "ALGORITHM",
+    "ROLES",
+    "USER_SCOPES",
+    "BadRequest",
+    "CheckResult",
+    "CommonSettings",
+    "Conflict",
+    "Forbidden",
+    "HealthChecks",
+    "KeySet",
+    "NotFound",
+    "Principal",
+    "ServiceError",
+    "ServiceUnavailable",
+    "TokenVerifier",
+    "TooManyRequests",
+    "Unauthorized",
+    "audit",
+    "authenticate",
+    "bearer_scheme",
+    "configure_logging",
+    "create_redis",
+    "create_service_app",
+    "error_responses",
+    "install_error_handlers",
+    "read_secret",
+    "redis_ok",
+    "request_id_var",
+    "revoked_jti_key",
+    "revoked_subject_key",
+    "shared_resources",
+    "write_private",
+    "write_public",
+]

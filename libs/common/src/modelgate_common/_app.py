@@ -1,0 +1,46 @@
+"""The app factory every service builds on: one place for docs policy,
+error handlers, middleware and health routes."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import Any, Callable
+
+from fastapi import APIRouter, FastAPI
+from fastapi.responses import ORJSONResponse
+
+from ._errors import install_error_handlers
+from ._health import HealthChecks, health_router
+from ._middleware import BodySizeLimitMiddleware, RequestContextMiddleware
+from ._settings import CommonSettings
+
+
+def create_service_app(
+    *,
+    title: str,
+    settings: CommonSettings,
+    lifespan: Callable[[FastAPI], AbstractAsyncContextManager[Any]],
+    routers: Sequence[APIRouter],
+    version: str = "1",
+) -> FastAPI:
+    docs = settings.docs_enabled
+    app = FastAPI(
+        title=title,
+        version=version,
+        lifespan=lifespan,
+        default_response_class=ORJSONResponse,
+        docs_url="/docs" if docs else None,
+        redoc_url=None,
+        openapi_url="/openapi.json" if docs else None,
+        swagger_ui_oauth2_redirect_url="/docs/oauth2-redirect" if docs else None,
+    )
+    app.state.health = HealthChecks()
+    install_error_handlers(app)
+    app.include_router(health_router)
+    for router in routers:
+        app.include_router(router)
+    # Outermost first: the request id must exist before anything else logs.
+    app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestContextMiddleware)
+    return app

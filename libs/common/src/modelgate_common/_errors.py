@@ -1,0 +1,143 @@
+"""One error base and the handlers that render every failure as JSON.
+
+No handler reveals a stack trace, a library name or a version; unexpected
+exceptions are logged with their traceback and answered with a bare 500.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import ORJSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger("modelgate.errors")
+
+BEARER_CHALLENGE = 'Bearer realm="modelgate"'
+
+
+class ServiceError(Exception):
+    """An error a client may see: a message and an HTTP status."""
+
+    status_code = 400
+    message = "bad request"
+
+    def __init__(
+        self,
+        message: str | None = None,
+        status_code: int | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        self.message = message or self.message
+        self.status_code = status_code or self.status_code
+        self.headers = headers or {}
+        super().__init__(self.message)
+
+
+class BadRequest(ServiceError):
+    status_code = 400
+    message = "bad request"
+
+
+class Unauthorized(ServiceError):
+    status_code = 401
+    message = "not authenticated"
+
+    def __init__(self, message: str | None = None, error: str = "invalid_token") -> None:
+        challenge = f'{BEARER_CHALLENGE}, error="{error}"' if error else BEARER_CHALLENGE
+        super().__init__(message, headers={"WWW-Authenticate": challenge})
+
+
+class Forbidden(ServiceError):
+    status_code = 403
+    message = "forbidden"
+
+
+class NotFound(ServiceError):
+    status_code = 404
+    message = "not found"
+
+
+class Conflict(ServiceError):
+    status_code = 409
+    message = "conflict"
+
+
+class TooManyRequests(ServiceError):
+    status_code = 429
+    message = "rate limit exceeded"
+
+    def __init__(self, retry_after: int, message: str | None = None) -> None:
+        super().__init__(message, headers={"Retry-After": str(max(1, retry_after))})
+
+
+class ServiceUnavailable(ServiceError):
+    status_code = 503
+    message = "service unavailable"
+
+    def __init__(self, message: str | None = None, retry_after: int = 5) -> None:
+        super().__init__(message, headers={"Retry-After": str(retry_after)})
+
+
+def error_body(message: Any) -> dict[str, Any]:
+    return {"detail": message}
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """``responses=`` for a route, so the OpenAPI document lists its real errors."""
+    return {status: {"description": _REASONS.get(status, "error")} for status in statuses}
+
+
+_REASONS = {
+    400: "Bad request",
+    401: "Missing, malformed, expired or revoked token",
+    403: "Token lacks the required scope or role",
+    404: "Not found",
+    409: "Conflict",
+    413: "Body too large",
+    422: "Request body or parameters failed validation",
+    429: "Rate limit exceeded",
+    503: "A dependency is unavailable",
+}
+
+
+def _clean_validation_errors(errors: list[Any]) -> list[dict[str, Any]]:
+    # The offending input is never echoed back: it may be a password or plaintext.
+    return [
+        {"loc": list(err.get("loc", ())), "msg": str(err.get("msg", "")), "type": err.get("type")}
+        for err in errors
+    ]
+
+
+async def _service_error(_: Request, exc: Exception) -> ORJSONResponse:
+    assert isinstance(exc, ServiceError)
+    return ORJSONResponse(error_body(exc.message), exc.status_code, headers=exc.headers)
+
+
+async def _validation_error(_: Request, exc: Exception) -> ORJSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    return ORJSONResponse(error_body(_clean_validation_errors(list(exc.errors()))), 422)
+
+
+async def _http_error(_: Request, exc: Exception) -> ORJSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    headers = dict(exc.headers or {})
+    if exc.status_code == 401:
+        headers.setdefault("WWW-Authenticate", BEARER_CHALLENGE)
+    detail = exc.detail if isinstance(exc.detail, str) else "error"
+    return ORJSONResponse(error_body(detail), exc.status_code, headers=headers)
+
+
+async def _unexpected_error(_: Request, exc: Exception) -> ORJSONResponse:
+    log.error("unhandled error", exc_info=exc)
+    return ORJSONResponse(error_body("internal error"), 500)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(ServiceError, _service_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected_error)

@@ -1,0 +1,77 @@
+"""JSON-lines logging with the request id of the request being served.
+
+Every record is one JSON object on stderr (supervisord or Docker collects it).
+Audit events go to the ``modelgate.audit`` logger and, when an audit file is
+configured, to that file as well, apart from the access and error logs.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import logging.handlers
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+
+AUDIT_LOGGER = "modelgate.audit"
+_RESERVED = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
+
+
+class JsonFormatter(logging.Formatter):
+    def __init__(self, service: str) -> None:
+        super().__init__()
+        self.service = service
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "service": self.service,
+            "logger": record.name,
+            "msg": record.getMessage(),
+            "request_id": request_id_var.get(),
+        }
+        for key, value in record.__dict__.items():
+            if key not in _RESERVED and not key.startswith("_"):
+                entry[key] = value
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return orjson.dumps(entry, default=str).decode()
+
+
+def configure_logging(service: str, level: str = "INFO", audit_file: Path | None = None) -> None:
+    formatter = JsonFormatter(service)
+    stderr = logging.StreamHandler(sys.stderr)
+    stderr.setFormatter(formatter)
+    root = logging.getLogger()
+    root.handlers[:] = [stderr]
+    root.setLevel(level.upper())
+    # Our middleware writes the access log; uvicorn's would be a second, unstructured one.
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "gunicorn.error"):
+        lg = logging.getLogger(name)
+        lg.handlers[:] = []
+        lg.propagate = True
+    logging.getLogger("uvicorn.access").disabled = True
+    audit = logging.getLogger(AUDIT_LOGGER)
+    audit.handlers[:] = []
+    audit.setLevel(logging.INFO)
+    if audit_file is not None:
+        audit_file.parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.handlers.WatchedFileHandler(audit_file, encoding="utf-8")
+        handler.setFormatter(formatter)
+        audit.addHandler(handler)
+
+
+_audit_log = logging.getLogger(AUDIT_LOGGER)
+
+
+def audit(event: str, **fields: Any) -> None:
+    """Write one audit event. Callers pass identifiers, never secrets or payloads."""
+    _audit_log.info(event, extra={"audit": event, **fields})

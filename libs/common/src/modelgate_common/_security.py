@@ -1,0 +1,238 @@
+"""The one access-token verifier every service uses.
+
+Keys come only from the JWKS file the auth service publishes (never from a URL
+or key inside a token); the algorithm is pinned to RS256; every claim is
+required; revocation is checked in Redis.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import redis.asyncio as aioredis
+from fastapi import Depends, Request
+from fastapi.security import OAuth2PasswordBearer, SecurityScopes
+from jose import jwk, jwt
+from jose.backends.base import Key
+from jose.exceptions import JOSEError
+
+from ._errors import BEARER_CHALLENGE, Forbidden, Unauthorized
+from ._settings import CommonSettings
+
+log = logging.getLogger("modelgate.security")
+
+ALGORITHM = "RS256"
+REQUIRED_CLAIMS = ("iss", "aud", "sub", "role", "scope", "iat", "nbf", "exp", "jti")
+ROLES = ("admin", "user")
+USER_SCOPES = ("models:read", "models:predict", "crypto:encrypt", "crypto:decrypt")
+ADMIN_SCOPES = (*USER_SCOPES, "models:admin", "users:admin")
+SCOPE_DESCRIPTIONS = {
+    "models:read": "list models and their schemas",
+    "models:predict": "ask a model for predictions",
+    "crypto:encrypt": "encrypt text",
+    "crypto:decrypt": "decrypt text",
+    "models:admin": "load and reload models",
+    "users:admin": "manage users",
+}
+# Headers that would point a naive verifier at attacker-chosen keys.
+_FORBIDDEN_HEADERS = frozenset({"jku", "x5u", "jwk", "x5c", "crit"})
+_KID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_MAX_TOKEN_LENGTH = 4096
+
+
+def revoked_jti_key(jti: str) -> str:
+    return f"mg:revoked:jti:{jti}"
+
+
+def revoked_subject_key(subject: str) -> str:
+    """Holds a time: tokens of this subject issued at or before it are revoked."""
+    return f"mg:revoked:sub:{subject}"
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    subject: str
+    role: str
+    scopes: frozenset[str]
+    token_id: str
+    issued_at: int
+    expires_at: int
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
+
+class KeySet:
+    """Public keys by ``kid``, read from the JWKS file and re-read on an unknown kid."""
+
+    def __init__(self, path: Path, min_reload_interval: float = 1.0) -> None:
+        self.path = path
+        self.min_reload_interval = min_reload_interval
+        self._keys: dict[str, Key] = {}
+        self._loaded_at = 0.0
+        self._lock = threading.Lock()
+
+    def load(self) -> None:
+        document = json.loads(self.path.read_text(encoding="utf-8"))
+        keys: dict[str, Key] = {}
+        for entry in document.get("keys", []):
+            if entry.get("kty") == "RSA" and entry.get("alg", ALGORITHM) == ALGORITHM:
+                keys[entry["kid"]] = jwk.construct(entry, ALGORITHM)
+        with self._lock:
+            self._keys = keys
+            self._loaded_at = time.monotonic()
+
+    def get(self, kid: str) -> Key | None:
+        key = self._keys.get(kid)
+        if key is None and time.monotonic() - self._loaded_at >= self.min_reload_interval:
+            try:
+                self.load()
+            except (OSError, ValueError) as exc:
+                log.warning("cannot reload JWKS", extra={"reason": type(exc).__name__})
+            key = self._keys.get(kid)
+        return key
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+
+class TokenVerifier:
+    def __init__(
+        self,
+        settings: CommonSettings,
+        redis: aioredis.Redis | None,
+        keyset: KeySet | None = None,
+        cache_size: int = 4096,
+    ) -> None:
+        self.settings = settings
+        self.redis = redis
+        self.keyset = keyset or KeySet(settings.jwks_path)
+        self.revocation_degraded = False
+        # Verified claims by token string: a client sends the same token many times,
+        # and the RSA check is the costliest step. Expiry and revocation are still
+        # checked on every request.
+        self._verified: OrderedDict[str, Principal] = OrderedDict()
+        self._cache_size = cache_size
+
+    def _decode(self, token: str) -> Principal:
+        if len(token) > _MAX_TOKEN_LENGTH or token.count(".") != 2:
+            raise Unauthorized("malformed token")
+        try:
+            header = jwt.get_unverified_header(token)
+        except JOSEError:
+            raise Unauthorized("malformed token") from None
+        if header.get("alg") != ALGORITHM or _FORBIDDEN_HEADERS & header.keys():
+            raise Unauthorized("token algorithm or header not accepted")
+        kid = header.get("kid")
+        if not isinstance(kid, str) or not _KID.match(kid):
+            raise Unauthorized("token key id not accepted")
+        key = self.keyset.get(kid)
+        if key is None:
+            raise Unauthorized("token signed by an unknown key")
+        try:
+            claims: dict[str, Any] = jwt.decode(
+                token,
+                key,
+                algorithms=[ALGORITHM],
+                audience=self.settings.jwt_audience,
+                issuer=self.settings.jwt_issuer,
+                options={
+                    "require_" + claim: True
+                    for claim in ("aud", "iat", "exp", "nbf", "iss", "sub", "jti")
+                }
+                | {"leeway": self.settings.jwt_leeway, "verify_at_hash": False},
+            )
+        except JOSEError:
+            raise Unauthorized("token is invalid or expired") from None
+        return _principal_from_claims(claims)
+
+    async def verify(self, token: str) -> Principal:
+        principal = self._verified.get(token)
+        if principal is None:
+            principal = self._decode(token)
+            self._verified[token] = principal
+            if len(self._verified) > self._cache_size:
+                self._verified.popitem(last=False)
+        if principal.expires_at + self.settings.jwt_leeway < time.time():
+            self._verified.pop(token, None)
+            raise Unauthorized("token is invalid or expired")
+        await self._check_revocation(principal)
+        return principal
+
+    async def _check_revocation(self, principal: Principal) -> None:
+        if self.redis is None:
+            return
+        try:
+            jti_revoked, subject_revoked_at = await self.redis.mget(
+                revoked_jti_key(principal.token_id), revoked_subject_key(principal.subject)
+            )
+        except Exception as exc:  # Redis down: apply the configured policy
+            self.revocation_degraded = True
+            if self.settings.revocation_fail_open:
+                log.warning(
+                    "revocation check skipped: redis unreachable",
+                    extra={"reason": type(exc).__name__},
+                )
+                return
+            raise Unauthorized("token cannot be checked now") from None
+        self.revocation_degraded = False
+        if jti_revoked is not None:
+            raise Unauthorized("token has been revoked")
+        if subject_revoked_at is not None and principal.issued_at <= int(subject_revoked_at):
+            raise Unauthorized("token has been revoked")
+
+
+def _principal_from_claims(claims: dict[str, Any]) -> Principal:
+    role, scope = claims.get("role"), claims.get("scope")
+    if role not in ROLES or not isinstance(scope, str):
+        raise Unauthorized("token claims are invalid")
+    if not all(isinstance(claims.get(c), str) for c in ("sub", "jti")):
+        raise Unauthorized("token claims are invalid")
+    if not all(isinstance(claims.get(c), int) for c in ("iat", "exp")):
+        raise Unauthorized("token claims are invalid")
+    return Principal(
+        subject=claims["sub"],
+        role=role,
+        scopes=frozenset(scope.split()),
+        token_id=claims["jti"],
+        issued_at=claims["iat"],
+        expires_at=claims["exp"],
+    )
+
+
+# Header only: OAuth2PasswordBearer never reads a token from the query string.
+bearer_scheme = OAuth2PasswordBearer(
+    tokenUrl="/auth/token", scopes=SCOPE_DESCRIPTIONS, auto_error=False
+)
+
+
+async def authenticate(
+    request: Request,
+    security_scopes: SecurityScopes,
+    token: Annotated[str | None, Depends(bearer_scheme)],
+) -> Principal:
+    """Dependency: a verified principal holding every scope the route asks for."""
+    if not token:
+        raise Unauthorized("not authenticated", error="")
+    verifier: TokenVerifier = request.app.state.verifier
+    principal = await verifier.verify(token)
+    request.state.principal = principal
+    missing = [s for s in security_scopes.scopes if s not in principal.scopes]
+    if missing:
+        raise Forbidden(
+            f"token lacks scope: {' '.join(missing)}",
+            headers={
+                "WWW-Authenticate": f'{BEARER_CHALLENGE}, error="insufficient_scope", '
+                f'scope="{" ".join(security_scopes.scopes)}"'
+            },
+        )
+    return principal

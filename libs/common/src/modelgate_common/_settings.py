@@ -1,0 +1,74 @@
+"""Settings shared by every service: where files live, Redis, identity of tokens.
+
+Each service has its own settings class (its own env prefix) that holds a
+``CommonSettings`` read from the ``MG_`` prefix, so a value every service needs
+is configured once.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PLACEHOLDER_SECRETS = frozenset({"", "changeme", "change-me", "changethis", "secret", "password"})
+
+
+class CommonSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MG_", extra="ignore")
+
+    environment: Literal["production", "development"] = Field(
+        "production", description="production hides /docs and /openapi.json"
+    )
+    log_level: str = Field("INFO", description="Python log level of every service")
+    secrets_dir: Path = Field(Path("secrets"), description="folder of generated secrets")
+    var_dir: Path = Field(Path("var"), description="runtime folder: data, logs, pid files")
+    redis_url: str = Field("redis://127.0.0.1:6391/0", description="shared Redis")
+    redis_connect_timeout: float = Field(0.25, gt=0, le=5, description="seconds")
+    redis_socket_timeout: float = Field(0.5, gt=0, le=5, description="seconds")
+    jwt_issuer: str = Field("modelgate-auth", description="iss of every access token")
+    jwt_audience: str = Field("modelgate", description="aud of every access token")
+    jwt_leeway: int = Field(30, ge=0, le=30, description="clock skew accepted, seconds")
+    jwks_file: Path | None = Field(
+        None, description="public keys (JWKS) for token verification; default secrets_dir/jwks.json"
+    )
+    revocation_fail_open: bool = Field(
+        True,
+        description="when Redis is unreachable, accept signed, unexpired tokens without the "
+        "revocation check (readiness reports degraded) instead of refusing every request",
+    )
+    max_body_bytes: int = Field(1_048_576, gt=0, description="largest request body accepted")
+
+    @property
+    def jwks_path(self) -> Path:
+        return self.jwks_file or self.secrets_dir / "jwks.json"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.var_dir / "log"
+
+    @property
+    def docs_enabled(self) -> bool:
+        return self.environment == "development"
+
+
+def read_secret(path: Path) -> SecretStr:
+    """Read a secret file; refuse a missing, loosely-permitted or placeholder value."""
+    if not path.is_file():
+        raise RuntimeError(f"secret file {path} is missing; run `modelgate init`")
+    if path.stat().st_mode & 0o077:
+        raise RuntimeError(f"secret file {path} is readable by others; chmod 600 it")
+    value = path.read_text(encoding="utf-8").strip()
+    if value.lower() in PLACEHOLDER_SECRETS:
+        raise RuntimeError(f"secret file {path} holds a placeholder value")
+    return SecretStr(value)
+
+
+def refuse_placeholder(value: SecretStr) -> SecretStr:
+    if value.get_secret_value().strip().lower() in PLACEHOLDER_SECRETS:
+        raise ValueError("a placeholder value is not a secret")
+    return value
+
+

@@ -1,0 +1,1 @@
+"""modelgate auth service."""

@@ -1,0 +1,7 @@
+"""HTTP routes of the inference service: translate HTTP to calls of plain logic."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+router = APIRouter()
