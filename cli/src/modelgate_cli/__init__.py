@@ -1,0 +1,1 @@
+"""The `modelgate` command line for operators."""

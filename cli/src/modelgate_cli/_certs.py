@@ -1,0 +1,107 @@
+"""A local certificate authority and the server certificate it signs."""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from modelgate_common import write_private, write_public
+
+SERVER_VALIDITY_DAYS = 365  # browsers and the CA/B forum cap server certificates at 398
+CA_VALIDITY_DAYS = 3650
+SERVER_NAMES = ("localhost",)
+SERVER_IPS = ("127.0.0.1", "::1")
+
+
+def _name(common_name: str) -> x509.Name:
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "modelgate local"),
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+        ]
+    )
+
+
+def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def ensure_certificates(certs: Path, extra_names: tuple[str, ...] = ()) -> list[str]:
+    """Create the CA and the server certificate when missing; return what was made."""
+    made: list[str] = []
+    ca_pem, ca_key_pem = certs / "ca.pem", certs / "ca-key.pem"
+    now = dt.datetime.now(dt.UTC)
+    if not (ca_pem.exists() and ca_key_pem.exists()):
+        ca_key = ec.generate_private_key(ec.SECP256R1())
+        ca_cert = (
+            x509.CertificateBuilder()
+            .subject_name(_name("modelgate local CA"))
+            .issuer_name(_name("modelgate local CA"))
+            .public_key(ca_key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=CA_VALIDITY_DAYS))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True, content_commitment=False, key_encipherment=False,
+                    data_encipherment=False, key_agreement=False, key_cert_sign=True,
+                    crl_sign=True, encipher_only=False, decipher_only=False,
+                ),
+                critical=True,
+            )
+            .add_extension(
+                x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False
+            )
+            .sign(ca_key, hashes.SHA256())
+        )
+        write_private(ca_key_pem, _key_pem(ca_key))
+        write_public(ca_pem, ca_cert.public_bytes(serialization.Encoding.PEM))
+        (certs / "server.pem").unlink(missing_ok=True)  # re-issue under the new CA
+        made.append("certificate authority")
+    server_pem, server_key_pem = certs / "server.pem", certs / "server-key.pem"
+    if not (server_pem.exists() and server_key_pem.exists()):
+        ca_key = serialization.load_pem_private_key(ca_key_pem.read_bytes(), password=None)
+        assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+        ca_cert = x509.load_pem_x509_certificate(ca_pem.read_bytes())
+        key = ec.generate_private_key(ec.SECP256R1())
+        names: list[x509.GeneralName] = [x509.DNSName(n) for n in (*SERVER_NAMES, *extra_names)]
+        names += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in SERVER_IPS]
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(_name("localhost"))
+            .issuer_name(ca_cert.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=SERVER_VALIDITY_DAYS))
+            .add_extension(x509.SubjectAlternativeName(names), critical=False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(
+                x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
+            )
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_cert.public_key()),  # type: ignore[arg-type]
+                critical=False,
+            )
+            .sign(ca_key, hashes.SHA256())
+        )
+        write_private(server_key_pem, _key_pem(key))
+        # The chain nginx serves: leaf first, then the CA.
+        write_public(
+            server_pem,
+            cert.public_bytes(serialization.Encoding.PEM)
+            + ca_cert.public_bytes(serialization.Encoding.PEM),
+        )
+        made.append("server certificate")
+    return made

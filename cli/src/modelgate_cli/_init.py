@@ -1,0 +1,45 @@
+"""`modelgate init`: everything a first start needs, created only when missing.
+
+Each step is idempotent and reports what it made. Services add their own
+steps (signing keys, keyrings, demo models) to ``INIT_STEPS``.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+from pathlib import Path
+
+from modelgate_common import write_private
+
+from ._certs import ensure_certificates
+from ._paths import ProjectPaths
+
+
+def ensure_admin_password(paths: ProjectPaths) -> list[str]:
+    path: Path = paths.secrets / "admin_password"
+    if path.exists():
+        return []
+    write_private(path, secrets.token_urlsafe(24) + "\n")
+    return ["admin password (secrets/admin_password)"]
+
+
+def ensure_layout(paths: ProjectPaths) -> list[str]:
+    for folder in (paths.certs, paths.secrets, paths.model_store, paths.var / "log"):
+        folder.mkdir(parents=True, exist_ok=True)
+    paths.secrets.chmod(0o700)
+    return []
+
+
+INIT_STEPS: list[Callable[[ProjectPaths], list[str]]] = [
+    ensure_layout,
+    lambda paths: ensure_certificates(paths.certs),
+    ensure_admin_password,
+]
+
+
+def run_init(paths: ProjectPaths) -> list[str]:
+    made: list[str] = []
+    for step in INIT_STEPS:
+        made += step(paths)
+    return made
