@@ -10,7 +10,6 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
 from modelgate_common import write_private, write_public
 
 SERVER_VALIDITY_DAYS = 365  # browsers and the CA/B forum cap server certificates at 398
@@ -54,9 +53,15 @@ def ensure_certificates(certs: Path, extra_names: tuple[str, ...] = ()) -> list[
             .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
             .add_extension(
                 x509.KeyUsage(
-                    digital_signature=True, content_commitment=False, key_encipherment=False,
-                    data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                    crl_sign=True, encipher_only=False, decipher_only=False,
+                    digital_signature=True,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    encipher_only=False,
+                    decipher_only=False,
                 ),
                 critical=True,
             )
@@ -71,8 +76,8 @@ def ensure_certificates(certs: Path, extra_names: tuple[str, ...] = ()) -> list[
         made.append("certificate authority")
     server_pem, server_key_pem = certs / "server.pem", certs / "server-key.pem"
     if not (server_pem.exists() and server_key_pem.exists()):
-        ca_key = serialization.load_pem_private_key(ca_key_pem.read_bytes(), password=None)
-        assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+        signing_key = serialization.load_pem_private_key(ca_key_pem.read_bytes(), password=None)
+        assert isinstance(signing_key, ec.EllipticCurvePrivateKey)
         ca_cert = x509.load_pem_x509_certificate(ca_pem.read_bytes())
         key = ec.generate_private_key(ec.SECP256R1())
         names: list[x509.GeneralName] = [x509.DNSName(n) for n in (*SERVER_NAMES, *extra_names)]
@@ -87,14 +92,12 @@ def ensure_certificates(certs: Path, extra_names: tuple[str, ...] = ()) -> list[
             .not_valid_after(now + dt.timedelta(days=SERVER_VALIDITY_DAYS))
             .add_extension(x509.SubjectAlternativeName(names), critical=False)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(
-                x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
-            )
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
             .add_extension(
                 x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_cert.public_key()),  # type: ignore[arg-type]
                 critical=False,
             )
-            .sign(ca_key, hashes.SHA256())
+            .sign(signing_key, hashes.SHA256())
         )
         write_private(server_key_pem, _key_pem(key))
         # The chain nginx serves: leaf first, then the CA.

@@ -6,6 +6,8 @@ import typer
 
 from ._init import run_init
 from ._paths import ProjectPaths
+from ._render import render_nginx
+from ._status import preflight_problems, stack_status, wait_ready
 
 app = typer.Typer(
     help="Operate a modelgate stack: secrets, users, keys, models, status.",
@@ -27,6 +29,35 @@ def init() -> None:
         typer.echo(f"created {item}")
     if not made:
         typer.echo("nothing to do: everything exists")
+
+
+@app.command("render-nginx")
+def render_nginx_command() -> None:
+    """Write nginx's configuration for the native stack into var/nginx from nginx/."""
+    typer.echo(render_nginx(ProjectPaths.from_env()))
+
+
+@app.command()
+def status(
+    wait: float = typer.Option(0, help="wait up to this many seconds for every part to be ready"),
+) -> None:
+    """Show what runs, what is ready and what is degraded; non-zero exit unless all serve."""
+    paths = ProjectPaths.from_env()
+    statuses = wait_ready(paths, wait) if wait > 0 else stack_status(paths)
+    for s in statuses:
+        typer.echo(f"{s.name:<10} {s.state:<9} {s.detail}")
+    if not all(s.state in ("ok", "degraded") for s in statuses):
+        raise typer.Exit(1)
+
+
+@app.command()
+def preflight() -> None:
+    """Check that nginx and Redis are installed and the stack's ports are free."""
+    problems = preflight_problems()
+    for problem in problems:
+        typer.echo(f"error: {problem}", err=True)
+    if problems:
+        raise typer.Exit(1)
 
 
 if __name__ == "__main__":

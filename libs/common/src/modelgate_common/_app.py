@@ -3,12 +3,11 @@ error handlers, middleware and health routes."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import Any, Callable
+from typing import Any
 
 from fastapi import APIRouter, FastAPI
-from fastapi.responses import ORJSONResponse
 
 from ._errors import install_error_handlers
 from ._health import HealthChecks, health_router
@@ -29,7 +28,6 @@ def create_service_app(
         title=title,
         version=version,
         lifespan=lifespan,
-        default_response_class=ORJSONResponse,
         docs_url="/docs" if docs else None,
         redoc_url=None,
         openapi_url="/openapi.json" if docs else None,

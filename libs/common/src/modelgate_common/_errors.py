@@ -9,14 +9,24 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import ORJSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
 
 log = logging.getLogger("modelgate.errors")
 
 BEARER_CHALLENGE = 'Bearer realm="modelgate"'
+
+
+class JsonResponse(Response):
+    """JSON rendered by orjson: fast, and NaN or Infinity can never be emitted."""
+
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
 
 
 class ServiceError(Exception):
@@ -112,28 +122,28 @@ def _clean_validation_errors(errors: list[Any]) -> list[dict[str, Any]]:
     ]
 
 
-async def _service_error(_: Request, exc: Exception) -> ORJSONResponse:
+async def _service_error(_: Request, exc: Exception) -> JsonResponse:
     assert isinstance(exc, ServiceError)
-    return ORJSONResponse(error_body(exc.message), exc.status_code, headers=exc.headers)
+    return JsonResponse(error_body(exc.message), exc.status_code, headers=exc.headers)
 
 
-async def _validation_error(_: Request, exc: Exception) -> ORJSONResponse:
+async def _validation_error(_: Request, exc: Exception) -> JsonResponse:
     assert isinstance(exc, RequestValidationError)
-    return ORJSONResponse(error_body(_clean_validation_errors(list(exc.errors()))), 422)
+    return JsonResponse(error_body(_clean_validation_errors(list(exc.errors()))), 422)
 
 
-async def _http_error(_: Request, exc: Exception) -> ORJSONResponse:
+async def _http_error(_: Request, exc: Exception) -> JsonResponse:
     assert isinstance(exc, StarletteHTTPException)
     headers = dict(exc.headers or {})
     if exc.status_code == 401:
         headers.setdefault("WWW-Authenticate", BEARER_CHALLENGE)
     detail = exc.detail if isinstance(exc.detail, str) else "error"
-    return ORJSONResponse(error_body(detail), exc.status_code, headers=headers)
+    return JsonResponse(error_body(detail), exc.status_code, headers=headers)
 
 
-async def _unexpected_error(_: Request, exc: Exception) -> ORJSONResponse:
+async def _unexpected_error(_: Request, exc: Exception) -> JsonResponse:
     log.error("unhandled error", exc_info=exc)
-    return ORJSONResponse(error_body("internal error"), 500)
+    return JsonResponse(error_body("internal error"), 500)
 
 
 def install_error_handlers(app: FastAPI) -> None:

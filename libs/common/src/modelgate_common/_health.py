@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 from fastapi import APIRouter, Request
-from fastapi.responses import ORJSONResponse
+
+from ._errors import JsonResponse
 
 Status = Literal["ok", "degraded", "fail"]
 
@@ -51,9 +52,9 @@ async def live() -> dict[str, str]:
 
 
 @health_router.get("/health/ready", responses={503: {"description": "A check failed"}})
-async def ready(request: Request) -> ORJSONResponse:
+async def ready(request: Request) -> JsonResponse:
     checks: HealthChecks = request.app.state.health
     overall, details = await checks.run()
-    return ORJSONResponse(
+    return JsonResponse(
         {"status": overall, "checks": details}, status_code=503 if overall == "fail" else 200
     )

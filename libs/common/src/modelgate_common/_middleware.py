@@ -90,32 +90,28 @@ class BodySizeLimitMiddleware:
                     await _reject_too_large(send)
                     return
         received = 0
-        response_started = False
+        answered = False  # we sent the 413; the app's own answer is dropped
+        started = False
 
         async def limited_receive() -> Message:
-            nonlocal received
+            nonlocal received, answered
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_body_bytes:
-                    raise _BodyTooLarge
+                    if not answered and not started:
+                        answered = True
+                        await _reject_too_large(send)
+                    return {"type": "http.disconnect"}
             return message
 
-        async def tracking_send(message: Message) -> None:
-            nonlocal response_started
-            if message["type"] == "http.response.start":
-                response_started = True
-            await send(message)
+        async def guarded_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            if not answered:
+                await send(message)
 
-        try:
-            await self.app(scope, limited_receive, tracking_send)
-        except _BodyTooLarge:
-            if not response_started:
-                await _reject_too_large(send)
-
-
-class _BodyTooLarge(Exception):
-    pass
+        await self.app(scope, limited_receive, guarded_send)
 
 
 async def _reject_too_large(send: Send) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PLACEHOLDER_SECRETS = frozenset({"", "changeme", "change-me", "changethis", "secret", "password"})
@@ -70,5 +70,3 @@ def refuse_placeholder(value: SecretStr) -> SecretStr:
     if value.get_secret_value().strip().lower() in PLACEHOLDER_SECRETS:
         raise ValueError("a placeholder value is not a secret")
     return value
-
-

@@ -28,7 +28,9 @@ class TokenFactory:
         ).decode()
         self.public_pem = (
             key.public_key()
-            .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+            .public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
             .decode()
         )
         public_jwk = jwk.construct(self.public_pem, "RS256").to_dict()

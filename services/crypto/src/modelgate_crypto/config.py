@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+from modelgate_common import CommonSettings
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
-
-from modelgate_common import CommonSettings
 
 
 class CryptoSettings(BaseSettings):

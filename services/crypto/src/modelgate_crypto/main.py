@@ -6,7 +6,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-
 from modelgate_common import configure_logging, create_service_app, shared_resources
 
 from .config import CryptoSettings

@@ -6,7 +6,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-
 from modelgate_common import configure_logging, create_service_app, shared_resources
 
 from .config import InferenceSettings
@@ -15,7 +14,9 @@ from .routes import router
 
 def create_app(settings: InferenceSettings | None = None) -> FastAPI:
     settings = settings or InferenceSettings()
-    configure_logging("inference", settings.common.log_level, settings.common.log_dir / "audit.jsonl")
+    configure_logging(
+        "inference", settings.common.log_level, settings.common.log_dir / "audit.jsonl"
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

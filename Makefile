@@ -1,0 +1,99 @@
+# modelgate: `make help` lists every target.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+# Every port and path of the native stack; override any of them from the environment.
+export MG_ROOT := $(CURDIR)
+export MG_VENV ?= $(CURDIR)/.venv
+export MG_VAR_DIR ?= $(CURDIR)/var
+export MG_SECRETS_DIR ?= $(CURDIR)/secrets
+export MG_CERTS_DIR ?= $(CURDIR)/certs
+export MG_MODEL_STORE ?= $(CURDIR)/model_store
+export MG_HTTPS_PORT ?= 8443
+export MG_HTTP_PORT ?= 8080
+export MG_REDIS_PORT ?= 6391
+export MG_AUTH_PORT ?= 8101
+export MG_INFERENCE_PORT ?= 8102
+export MG_CRYPTO_PORT ?= 8103
+export MG_REDIS_URL ?= redis://127.0.0.1:$(MG_REDIS_PORT)/0
+
+PYTHON ?= python3
+VENV_STAMP := $(MG_VENV)/.installed
+PY := $(MG_VENV)/bin/python
+PYTEST := $(PY) -m pytest
+
+.PHONY: help
+help: ## Show this help
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-14s %s\n",$$1,$$2}'
+
+$(VENV_STAMP): requirements-dev.txt pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' || \
+		{ echo "modelgate needs Python 3.11 (set PYTHON=...)"; exit 1; }
+	$(PYTHON) -m venv $(MG_VENV)
+	$(MG_VENV)/bin/pip install -q --require-hashes -r requirements-dev.txt
+	$(MG_VENV)/bin/pip install -q --no-deps -e .
+	@touch $@
+
+.PHONY: venv
+venv: $(VENV_STAMP) ## Create the virtual environment from the hash-pinned lock
+
+.PHONY: system-deps
+system-deps: ## Install nginx and Redis (apt, when root) or say what to install
+	@missing=""; for b in nginx redis-server; do command -v $$b >/dev/null || missing="$$missing $$b"; done; \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			echo "installing$$missing"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx redis-server >/dev/null; \
+		else \
+			echo "modelgate needs:$$missing (as root: apt-get install nginx redis-server)"; exit 1; \
+		fi; \
+	fi
+
+.PHONY: init
+init: venv ## Create missing certificates, secrets and demo models
+	$(MG_VENV)/bin/modelgate init
+
+.PHONY: run
+run: venv system-deps ## Run the whole stack in the foreground (Ctrl-C stops it)
+	@deploy/stack.sh run
+
+.PHONY: up
+up: venv system-deps ## Start the stack in the background; returns once it is ready
+	@deploy/stack.sh up
+
+.PHONY: down
+down: ## Stop exactly what `make up` started
+	@deploy/stack.sh down
+
+.PHONY: status
+status: venv ## Show what runs, what is ready, what is degraded
+	@$(MG_VENV)/bin/modelgate status
+
+.PHONY: lint
+lint: venv ## ruff (lint + format check) and mypy
+	$(MG_VENV)/bin/ruff check .
+	$(MG_VENV)/bin/ruff format --check .
+	$(MG_VENV)/bin/mypy
+
+.PHONY: format
+format: venv ## Apply ruff's fixes and formatting
+	$(MG_VENV)/bin/ruff check --fix .
+	$(MG_VENV)/bin/ruff format .
+
+.PHONY: test-unit
+test-unit: venv ## In-process unit tests only (no stack)
+	$(PYTEST) -m "not stack"
+
+.PHONY: test
+test: venv system-deps ## Every test: unit, then integration/security/faults against a fresh native stack
+	$(PYTEST) -m "not stack"
+	@deploy/with-stack.sh $(PYTEST) -m stack
+
+.PHONY: lock
+lock: ## Re-resolve the hash-pinned locks from pyproject.toml
+	uv pip compile -q --generate-hashes --python-version 3.11 --no-header pyproject.toml -o requirements.txt
+	uv pip compile -q --generate-hashes --python-version 3.11 --no-header --extra dev pyproject.toml -o requirements-dev.txt
+
+.PHONY: clean
+clean: down ## Remove runtime state (var/); keeps secrets, certificates and models
+	rm -rf $(MG_VAR_DIR)

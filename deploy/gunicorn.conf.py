@@ -1,0 +1,48 @@
+"""gunicorn settings shared by the three services; each is told its port by env.
+
+MG_SERVICE names the service (auth, inference, crypto); MG_<SERVICE>_PORT,
+MG_WORKERS and MG_FORWARDED_ALLOW_IPS tune it.
+"""
+
+import os
+
+_service = os.environ["MG_SERVICE"]
+_port = os.environ.get(f"MG_{_service.upper()}_PORT", "8000")
+
+bind = [f"{os.environ.get('MG_SERVICE_BIND', '127.0.0.1')}:{_port}"]
+workers = int(os.environ.get("MG_WORKERS", "2"))
+worker_class = "uvicorn_worker.UvicornWorker"
+proc_name = f"modelgate-{_service}"
+# Only nginx may tell us the client address; never "*".
+forwarded_allow_ips = os.environ.get("MG_FORWARDED_ALLOW_IPS", "127.0.0.1")
+proxy_allow_ips = forwarded_allow_ips
+# Longer than nginx's upstream keepalive, so nginx closes idle connections first.
+keepalive = 75
+timeout = 30
+graceful_timeout = int(os.environ.get("MG_GRACEFUL_TIMEOUT", "20"))
+# The request id middleware writes the access log as JSON.
+accesslog = None
+errorlog = "-"
+loglevel = os.environ.get("MG_LOG_LEVEL", "info").lower()
+logconfig_dict = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {
+        "json": {
+            "()": "modelgate_common._logging.JsonFormatter",
+            "service": f"{_service}-gunicorn",
+        }
+    },
+    "handlers": {
+        "stderr": {
+            "class": "logging.StreamHandler",
+            "formatter": "json",
+            "stream": "ext://sys.stderr",
+        }
+    },
+    "root": {"level": "INFO", "handlers": ["stderr"]},
+    "loggers": {
+        "gunicorn.error": {"handlers": ["stderr"], "level": "INFO", "propagate": False},
+        "gunicorn.access": {"handlers": [], "propagate": False},
+    },
+}

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Run a command against a native stack started for it, and always stop that
+# stack afterwards, whatever the command's outcome.
+set -uo pipefail
+here=$(dirname "$0")
+if [[ -f "$MG_VAR_DIR/run/supervisord.pid" ]] && kill -0 "$(cat "$MG_VAR_DIR/run/supervisord.pid")" 2>/dev/null; then
+    echo "a stack is already running from $MG_VAR_DIR; stop it (make down) so tests start from a known state" >&2
+    exit 1
+fi
+"$here/stack.sh" up || { "$here/stack.sh" down; exit 1; }
+trap '"$here/stack.sh" down' EXIT
+"$@"

@@ -1,0 +1,178 @@
+"""The shared app factory: JSON errors, request ids, body cap, health, docs policy."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+from fastapi import APIRouter, FastAPI, Security
+from fastapi.testclient import TestClient
+from modelgate_common import (
+    CheckResult,
+    CommonSettings,
+    NotFound,
+    Principal,
+    TokenVerifier,
+    authenticate,
+    create_service_app,
+    read_secret,
+)
+from modelgate_common.testing import TokenFactory
+from pydantic import BaseModel, ConfigDict
+
+
+class Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    password: str
+    count: int
+
+
+def build(settings: CommonSettings, factory: TokenFactory | None = None) -> FastAPI:
+    router = APIRouter()
+
+    @router.post("/echo")
+    async def echo(body: Body) -> dict[str, int]:
+        return {"count": body.count}
+
+    @router.get("/boom")
+    async def boom() -> None:
+        raise RuntimeError("secret internals at /srv/app.py line 3")
+
+    @router.get("/missing")
+    async def missing() -> None:
+        raise NotFound("no such model")
+
+    @router.get("/private")
+    async def private(
+        principal: Principal = Security(authenticate, scopes=["models:predict"]),
+    ) -> dict[str, str]:
+        return {"sub": principal.subject}
+
+    @router.get("/admin")
+    async def admin(
+        principal: Principal = Security(authenticate, scopes=["users:admin"]),
+    ) -> dict[str, str]:
+        return {"sub": principal.subject}
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.verifier = TokenVerifier(settings, None)
+        app.state.verifier.keyset.load()
+
+        async def degraded() -> CheckResult:
+            return CheckResult("degraded", "fallback in use")
+
+        app.state.health.add("thing", degraded)
+        yield
+
+    return create_service_app(title="t", settings=settings, lifespan=lifespan, routers=[router])
+
+
+@pytest.fixture
+def factory(tmp_path: Path) -> TokenFactory:
+    return TokenFactory(tmp_path)
+
+
+@pytest.fixture
+def client(factory: TokenFactory) -> TestClient:
+    app = build(factory.settings(max_body_bytes=1000, environment="production"))
+    with TestClient(app, raise_server_exceptions=False) as c:
+        yield c
+
+
+def test_validation_error_is_422_without_echoing_input(client: TestClient) -> None:
+    response = client.post("/echo", json={"password": "hunter2-secret", "count": "7", "x": 1})
+    assert response.status_code == 422
+    assert "hunter2-secret" not in response.text
+    locs = {tuple(e["loc"]) for e in response.json()["detail"]}
+    assert ("body", "count") in locs and ("body", "x") in locs
+
+
+def test_unexpected_error_reveals_nothing(
+    client: TestClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.ERROR):
+        response = client.get("/boom")
+    assert response.status_code == 500
+    assert response.json() == {"detail": "internal error"}
+    assert "secret internals" in caplog.text  # logged for operators, not sent
+
+
+def test_service_error_and_unknown_route_are_json(client: TestClient) -> None:
+    assert client.get("/missing").json() == {"detail": "no such model"}
+    response = client.get("/nowhere")
+    assert response.status_code == 404
+    assert response.json() == {"detail": "Not Found"}
+    assert client.delete("/echo").status_code == 405
+
+
+def test_body_cap_by_length_and_by_stream(client: TestClient) -> None:
+    assert client.post("/echo", content=b"x" * 2000).status_code == 413
+
+    def chunks():
+        for _ in range(30):
+            yield b"x" * 100
+
+    response = client.post("/echo", content=chunks())
+    assert response.status_code == 413
+    assert response.json() == {"detail": "request body too large"}
+
+
+def test_request_id_adopted_or_generated(client: TestClient) -> None:
+    assert client.get("/health/live").headers["x-request-id"] != ""
+    given = "abcdef0123456789"
+    assert (
+        client.get("/health/live", headers={"x-request-id": given}).headers["x-request-id"] == given
+    )
+    forged = client.get("/health/live", headers={"x-request-id": "bad id\r\nx"})
+    assert forged.headers["x-request-id"] != "bad id\r\nx"
+
+
+def test_health_reports_degraded_but_ready(client: TestClient) -> None:
+    assert client.get("/health/live").json() == {"status": "ok"}
+    ready = client.get("/health/ready")
+    assert ready.status_code == 200
+    assert ready.json()["status"] == "degraded"
+
+
+def test_docs_hidden_in_production(client: TestClient, factory: TokenFactory) -> None:
+    assert client.get("/docs").status_code == 404
+    assert client.get("/openapi.json").status_code == 404
+    with TestClient(build(factory.settings(environment="development"))) as dev:
+        assert dev.get("/openapi.json").status_code == 200
+
+
+def test_authentication_and_scopes(client: TestClient, factory: TokenFactory) -> None:
+    missing = client.get("/private")
+    assert missing.status_code == 401
+    assert missing.headers["www-authenticate"].startswith("Bearer")
+    bad = client.get("/private", headers={"authorization": "Bearer nope"})
+    assert bad.status_code == 401
+    assert 'error="invalid_token"' in bad.headers["www-authenticate"]
+    token = factory.mint("alice")
+    assert client.get("/private", headers={"authorization": f"Bearer {token}"}).json() == {
+        "sub": "alice"
+    }
+    assert client.get(f"/private?access_token={token}").status_code == 401
+    denied = client.get("/admin", headers={"authorization": f"Bearer {token}"})
+    assert denied.status_code == 403
+    assert "insufficient_scope" in denied.headers["www-authenticate"]
+
+
+def test_read_secret_refuses_placeholders_and_loose_modes(tmp_path: Path) -> None:
+    path = tmp_path / "s"
+    path.write_text("changeme\n")
+    path.chmod(0o600)
+    with pytest.raises(RuntimeError, match="placeholder"):
+        read_secret(path)
+    path.write_text("a-real-secret-value\n")
+    path.chmod(0o644)
+    with pytest.raises(RuntimeError, match="readable"):
+        read_secret(path)
+    path.chmod(0o600)
+    assert read_secret(path).get_secret_value() == "a-real-secret-value"
+    with pytest.raises(RuntimeError, match="missing"):
+        read_secret(tmp_path / "absent")

@@ -1,0 +1,193 @@
+"""The shared token verifier against valid tokens and the JWT attack catalogue."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+from modelgate_common import (
+    TokenVerifier,
+    Unauthorized,
+    create_redis,
+    revoked_jti_key,
+    revoked_subject_key,
+)
+from modelgate_common.testing import TokenFactory
+
+
+def b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def forge(header: dict[str, Any], claims: dict[str, Any], signature: bytes = b"") -> str:
+    head = b64(json.dumps(header).encode())
+    body = b64(json.dumps(claims).encode())
+    return f"{head}.{body}.{b64(signature)}"
+
+
+@pytest.fixture
+def factory(tmp_path: Path) -> TokenFactory:
+    return TokenFactory(tmp_path)
+
+
+@pytest.fixture
+def verifier(factory: TokenFactory) -> TokenVerifier:
+    v = TokenVerifier(factory.settings(), None)
+    v.keyset.load()
+    return v
+
+
+def verify(verifier: TokenVerifier, token: str) -> Any:
+    return asyncio.run(verifier.verify(token))
+
+
+def test_valid_token_gives_principal(factory: TokenFactory, verifier: TokenVerifier) -> None:
+    principal = verify(verifier, factory.mint("alice"))
+    assert principal.subject == "alice"
+    assert principal.role == "user"
+    assert "models:predict" in principal.scopes
+    assert "users:admin" not in principal.scopes
+
+
+def _attacks(factory: TokenFactory) -> dict[str, str]:
+    now = int(time.time())
+    claims = factory.claims()
+    good = factory.mint()
+    head, body, sig = good.split(".")
+    tampered = json.loads(base64.urlsafe_b64decode(body + "=="))
+    tampered["role"] = "admin"
+    hs_header = {"alg": "HS256", "typ": "JWT", "kid": factory.kid}
+    signing_input = f"{b64(json.dumps(hs_header).encode())}.{b64(json.dumps(claims).encode())}"
+    hs_sig = hmac.new(factory.public_pem.encode(), signing_input.encode(), hashlib.sha256).digest()
+    return {
+        "alg none": forge({"alg": "none", "kid": factory.kid}, claims),
+        "alg None": forge({"alg": "None", "kid": factory.kid}, claims),
+        "hs256 with public key": f"{signing_input}.{b64(hs_sig)}",
+        "tampered payload": f"{head}.{b64(json.dumps(tampered).encode())}.{sig}",
+        "stripped signature": f"{head}.{body}.",
+        "expired": factory.mint(exp=now - 120, iat=now - 1000, nbf=now - 1000),
+        "nbf in future": factory.mint(nbf=now + 600),
+        "no exp": factory.mint(exp=None),
+        "no aud": factory.mint(aud=None),
+        "no jti": factory.mint(jti=None),
+        "no iat": factory.mint(iat=None),
+        "no nbf": factory.mint(nbf=None),
+        "wrong aud": factory.mint(aud="someone-else"),
+        "wrong iss": factory.mint(iss="evil"),
+        "unknown role": factory.mint(role="root"),
+        "scope not a string": factory.mint(scope=["models:predict"]),
+        "garbage": "not-a-token",
+        "two parts": "abc.def",
+        "huge": "a." + "b" * 10000 + ".c",
+    }
+
+
+def test_attack_catalogue_is_rejected(factory: TokenFactory, verifier: TokenVerifier) -> None:
+    for name, token in _attacks(factory).items():
+        with pytest.raises(Unauthorized):
+            verify(verifier, token)
+        assert name  # each attack named for the failure message
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        {"kid": "../../../../etc/passwd"},
+        {"kid": "x' OR '1'='1"},
+        {"kid": "unknown-key"},
+        {"kid": 7},
+        {"jku": "https://attacker.invalid/jwks.json"},
+        {"x5u": "https://attacker.invalid/cert.pem"},
+        {"jwk": {"kty": "RSA", "n": "AQAB", "e": "AQAB"}},
+    ],
+)
+def test_hostile_headers_are_rejected(
+    factory: TokenFactory, verifier: TokenVerifier, header: dict[str, Any]
+) -> None:
+    from jose import jwt
+
+    headers = {"kid": factory.kid, **header}
+    token = jwt.encode(factory.claims(), factory.private_pem, algorithm="RS256", headers=headers)
+    with pytest.raises(Unauthorized):
+        verify(verifier, token)
+
+
+def test_token_from_another_key_is_rejected(tmp_path: Path, verifier: TokenVerifier) -> None:
+    (tmp_path / "other").mkdir()
+    other = TokenFactory(tmp_path / "other")
+    with pytest.raises(Unauthorized):
+        verify(verifier, other.mint())
+
+
+def test_new_key_is_picked_up_from_the_jwks_file(
+    tmp_path: Path, factory: TokenFactory, verifier: TokenVerifier
+) -> None:
+    (tmp_path / "new").mkdir()
+    rotated = TokenFactory(tmp_path / "new", kid="test-key-2")
+    keys = json.loads(factory.jwks_path.read_text())["keys"]
+    keys = json.loads(rotated.jwks_path.read_text())["keys"] + keys
+    factory.jwks_path.write_text(json.dumps({"keys": keys}))
+    verifier.keyset.min_reload_interval = 0
+    assert verify(verifier, rotated.mint("bob")).subject == "bob"
+    assert verify(verifier, factory.mint("carol")).subject == "carol"
+
+
+def test_cached_token_still_expires(factory: TokenFactory, verifier: TokenVerifier) -> None:
+    now = int(time.time())
+    token = factory.mint(exp=now + 1)
+    verify(verifier, token)
+    verifier.settings = verifier.settings.model_copy(update={"jwt_leeway": 0})
+    time.sleep(2.1)
+    with pytest.raises(Unauthorized):
+        verify(verifier, token)
+
+
+def test_revocation_by_jti_and_by_subject(factory: TokenFactory, redis_server: Any) -> None:
+    settings = factory.settings(redis_url=redis_server.url)
+
+    async def scenario() -> None:
+        redis = create_redis(settings)
+        verifier = TokenVerifier(settings, redis)
+        verifier.keyset.load()
+        token = factory.mint("alice")
+        principal = await verifier.verify(token)
+        await redis.set(revoked_jti_key(principal.token_id), b"1", ex=60)
+        with pytest.raises(Unauthorized):
+            await verifier.verify(token)
+        other = factory.mint("alice")
+        await redis.set(revoked_subject_key("alice"), str(int(time.time())).encode(), ex=60)
+        with pytest.raises(Unauthorized):
+            await verifier.verify(other)
+        later = factory.mint("alice", iat=int(time.time()) + 1)
+        assert (await verifier.verify(later)).subject == "alice"
+        await redis.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_redis_down_policy(factory: TokenFactory, redis_server: Any) -> None:
+    async def scenario(fail_open: bool) -> bool:
+        settings = factory.settings(redis_url=redis_server.url, revocation_fail_open=fail_open)
+        redis: aioredis.Redis = create_redis(settings)
+        verifier = TokenVerifier(settings, redis)
+        verifier.keyset.load()
+        try:
+            await verifier.verify(factory.mint())
+            return True
+        except Unauthorized:
+            return False
+        finally:
+            assert verifier.revocation_degraded
+            await redis.aclose()
+
+    redis_server.stop()
+    assert asyncio.run(scenario(fail_open=True)) is True
+    assert asyncio.run(scenario(fail_open=False)) is False
