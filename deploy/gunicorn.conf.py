@@ -46,3 +46,22 @@ logconfig_dict = {
         "gunicorn.access": {"handlers": [], "propagate": False},
     },
 }
+
+# Prometheus multiprocess mode: one folder of metric files per service, emptied
+# when the master starts, a dead worker's live gauges dropped when it exits.
+_metrics_dir = os.path.join(os.environ.get("MG_VAR_DIR", "var"), "run", "metrics", _service)
+os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", _metrics_dir)
+
+
+def on_starting(server):
+    import shutil
+
+    folder = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    shutil.rmtree(folder, ignore_errors=True)
+    os.makedirs(folder, exist_ok=True)
+
+
+def child_exit(server, worker):
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)

@@ -176,3 +176,19 @@ def test_read_secret_refuses_placeholders_and_loose_modes(tmp_path: Path) -> Non
     assert read_secret(path).get_secret_value() == "a-real-secret-value"
     with pytest.raises(RuntimeError, match="missing"):
         read_secret(tmp_path / "absent")
+
+
+def test_metrics_count_requests_and_auth_failures(client: TestClient) -> None:
+    def sample(text: str, prefix: str) -> float:
+        return sum(
+            float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(prefix)
+        )
+
+    before = client.get("/metrics").text
+    client.get("/private", headers={"authorization": "Bearer nope"})
+    client.get("/health/live")
+    after = client.get("/metrics").text
+    failures = 'modelgate_auth_failures_total{reason="malformed token"'
+    assert sample(after, failures) == sample(before, failures) + 1
+    live = 'modelgate_http_requests_total{method="GET",route="/health/live"'
+    assert sample(after, live) == sample(before, live) + 1

@@ -11,6 +11,7 @@ from fastapi import APIRouter, FastAPI
 
 from ._errors import install_error_handlers
 from ._health import HealthChecks, health_router
+from ._metrics import metrics_router
 from ._middleware import BodySizeLimitMiddleware, RequestContextMiddleware
 from ._settings import CommonSettings
 
@@ -36,6 +37,7 @@ def create_service_app(
     app.state.health = HealthChecks()
     install_error_handlers(app)
     app.include_router(health_router)
+    app.include_router(metrics_router)
     for router in routers:
         app.include_router(router)
     # Outermost first: the request id must exist before anything else logs.

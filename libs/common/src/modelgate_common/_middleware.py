@@ -10,6 +10,7 @@ import uuid
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ._logging import request_id_var
+from ._metrics import LATENCY, REQUESTS, service_name
 
 access_log = logging.getLogger("modelgate.access")
 
@@ -22,6 +23,7 @@ class RequestContextMiddleware:
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+        self.service = service_name()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -52,6 +54,11 @@ class RequestContextMiddleware:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
+            elapsed = time.perf_counter() - started
+            route = scope.get("route")
+            template = getattr(route, "path", "unmatched")
+            REQUESTS.labels(self.service, template, scope["method"], str(status)).inc()
+            LATENCY.labels(self.service, template).observe(elapsed)
             client = scope.get("client")
             access_log.info(
                 "request",
@@ -59,7 +66,7 @@ class RequestContextMiddleware:
                     "method": scope["method"],
                     "path": scope["path"],
                     "status": status,
-                    "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+                    "duration_ms": round(elapsed * 1000, 3),
                     "client": client[0] if client else None,
                 },
             )

@@ -25,6 +25,7 @@ from jose.backends.base import Key
 from jose.exceptions import JOSEError
 
 from ._errors import BEARER_CHALLENGE, Forbidden, Unauthorized
+from ._metrics import AUTH_FAILURES, service_name
 from ._settings import CommonSettings
 
 log = logging.getLogger("modelgate.security")
@@ -222,12 +223,18 @@ async def authenticate(
 ) -> Principal:
     """Dependency: a verified principal holding every scope the route asks for."""
     if not token:
+        AUTH_FAILURES.labels(service_name(), "no token").inc()
         raise Unauthorized("not authenticated", error="")
     verifier: TokenVerifier = request.app.state.verifier
-    principal = await verifier.verify(token)
+    try:
+        principal = await verifier.verify(token)
+    except Unauthorized as exc:
+        AUTH_FAILURES.labels(service_name(), exc.message).inc()  # a small fixed set of texts
+        raise
     request.state.principal = principal
     missing = [s for s in security_scopes.scopes if s not in principal.scopes]
     if missing:
+        AUTH_FAILURES.labels(service_name(), "insufficient scope").inc()
         raise Forbidden(
             f"token lacks scope: {' '.join(missing)}",
             headers={
