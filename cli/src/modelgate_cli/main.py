@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from . import keys
 from ._init import run_init
 from ._paths import ProjectPaths
 from ._render import render_nginx
@@ -14,6 +15,8 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
+
+app.add_typer(keys.app, name="keys")
 
 
 @app.callback()

@@ -60,6 +60,8 @@ def configure_logging(service: str, level: str = "INFO", audit_file: Path | None
         lg.propagate = True
     logging.getLogger("uvicorn.access").disabled = True
     audit = logging.getLogger(AUDIT_LOGGER)
+    for old in audit.handlers:  # configured twice (tests, reloads): release the old file
+        old.close()
     audit.handlers[:] = []
     audit.setLevel(logging.INFO)
     if audit_file is not None:

@@ -2,6 +2,83 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated
 
-router = APIRouter()
+from fastapi import APIRouter, Depends, Request, Security
+from modelgate_common import Principal, authenticate, error_responses
+
+from .schemas import (
+    DecryptRequest,
+    DecryptResponse,
+    EncryptRequest,
+    EncryptResponse,
+    RotateRequest,
+    RotateResponse,
+)
+from .service import CryptoService
+
+Encryptor = Annotated[Principal, Security(authenticate, scopes=["crypto:encrypt"])]
+Decryptor = Annotated[Principal, Security(authenticate, scopes=["crypto:decrypt"])]
+Rotator = Annotated[Principal, Security(authenticate, scopes=["crypto:encrypt", "crypto:decrypt"])]
+
+
+async def crypto_rate_limit(request: Request) -> None:
+    """Seam for the per-subject crypto rate limit (issue 6; 60/minute by default).
+
+    Declared after the principal in every crypto route, so it runs once the caller is
+    authenticated and ``request.state.principal`` is set; it raises ``TooManyRequests``
+    to refuse. Until the limiter lands it lets everything through.
+    """
+
+
+RateLimited = Annotated[None, Depends(crypto_rate_limit)]
+
+
+def get_service(request: Request) -> CryptoService:
+    service: CryptoService = request.app.state.crypto
+    return service
+
+
+Service = Annotated[CryptoService, Depends(get_service)]
+
+router = APIRouter(tags=["crypto"])
+
+_ERRORS = error_responses(401, 403, 422, 429, 503)
+_DECRYPT_ERRORS = error_responses(400, 401, 403, 422, 429, 503)
+
+
+@router.post("/crypto/encrypt", responses=_ERRORS)
+async def encrypt(
+    body: EncryptRequest, principal: Encryptor, _: RateLimited, service: Service
+) -> EncryptResponse:
+    """Encrypt text for the caller: only a token with the same subject can decrypt it."""
+    return EncryptResponse(ciphertext=service.encrypt(principal.subject, body.plaintext))
+
+
+@router.post("/crypto/decrypt", responses=_DECRYPT_ERRORS)
+async def decrypt(
+    body: DecryptRequest, principal: Decryptor, _: RateLimited, service: Service
+) -> DecryptResponse:
+    """Decrypt the caller's ciphertext; any failure is 400 `decryption failed`."""
+    return DecryptResponse(plaintext=service.decrypt(principal.subject, body.ciphertext, body.ttl))
+
+
+@router.post("/crypto/rotate", responses=_DECRYPT_ERRORS)
+async def rotate(
+    body: RotateRequest, principal: Rotator, _: RateLimited, service: Service
+) -> RotateResponse:
+    """Re-encrypt the caller's ciphertext under the newest key (needs both crypto scopes)."""
+    return RotateResponse(ciphertext=service.rotate(principal.subject, body.ciphertext))
+
+
+# The seed tutorial's paths and bodies, kept so its clients keep working.
+router.add_api_route(
+    "/encrypt/", encrypt, methods=["POST"], responses=_ERRORS, summary="Encrypt (seed alias)"
+)
+router.add_api_route(
+    "/decrypt/",
+    decrypt,
+    methods=["POST"],
+    responses=_DECRYPT_ERRORS,
+    summary="Decrypt (seed alias)",
+)
