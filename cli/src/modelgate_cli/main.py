@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from . import keys
+from ._configref import configuration_reference
 from ._init import run_init
 from ._paths import ProjectPaths
 from ._render import render_nginx
@@ -61,6 +62,12 @@ def preflight() -> None:
         typer.echo(f"error: {problem}", err=True)
     if problems:
         raise typer.Exit(1)
+
+
+@app.command("config-reference")
+def config_reference() -> None:
+    """Print the configuration reference (docs/configuration.md) generated from the settings."""
+    typer.echo(configuration_reference(), nl=False)
 
 
 if __name__ == "__main__":
