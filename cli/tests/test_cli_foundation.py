@@ -9,10 +9,9 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
-from typer.testing import CliRunner
-
 from modelgate_cli._render import render_text
 from modelgate_cli.main import app
+from typer.testing import CliRunner
 
 ROOT = Path(__file__).resolve().parents[2]
 runner = CliRunner()

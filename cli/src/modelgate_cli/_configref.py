@@ -5,10 +5,9 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from modelgate_common import CommonSettings
 from pydantic import BaseModel
 from pydantic_settings import BaseSettings
-
-from modelgate_common import CommonSettings
 
 from ._paths import ProjectPaths
 from ._render import nginx_values
