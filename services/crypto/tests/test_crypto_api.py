@@ -362,3 +362,18 @@ async def test_without_a_keyring_crypto_is_unavailable(
         assert ready.status_code == 503
         assert ready.json()["checks"]["fernet_keyring"]["status"] == "fail"
     assert not any(entry.name.endswith(".json") for entry in os.scandir(secrets_dir))
+
+
+async def test_decryption_failures_are_counted_by_reason(
+    client: httpx.AsyncClient, auth: Auth
+) -> None:
+    def count(text: str) -> float:
+        for line in text.splitlines():
+            if line.startswith('modelgate_decryption_failures_total{reason="malformed"}'):
+                return float(line.split()[-1])
+        return 0.0
+
+    before = count((await client.get("/metrics")).text)
+    await decrypt(client, auth("alice"), "garbage")
+    after = count((await client.get("/metrics")).text)
+    assert after == before + 1

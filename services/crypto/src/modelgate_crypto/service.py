@@ -18,6 +18,7 @@ from typing import NoReturn
 
 from cryptography.fernet import InvalidToken, MultiFernet
 from modelgate_common import ServiceError, ServiceUnavailable, audit
+from modelgate_common._metrics import DECRYPTION_FAILURES
 
 from .config import CryptoSettings
 from .fernet_keyring import Keyring, KeyringWatcher
@@ -115,6 +116,7 @@ class CryptoService:
     @staticmethod
     def _fail(subject: str, operation: str, reason: str, **fields: str) -> NoReturn:
         # Identifiers only: the plaintext and ciphertext never reach a log line.
+        DECRYPTION_FAILURES.labels(reason).inc()
         audit(
             "crypto.decryption_failed", user=subject, operation=operation, reason=reason, **fields
         )
