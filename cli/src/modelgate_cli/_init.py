@@ -15,6 +15,7 @@ from modelgate_common import write_private
 from ._certs import ensure_certificates
 from ._fernet import ensure_fernet_keyring
 from ._paths import ProjectPaths
+from .models import ensure_models
 
 
 def ensure_admin_password(paths: ProjectPaths) -> list[str]:
@@ -37,6 +38,7 @@ INIT_STEPS: list[Callable[[ProjectPaths], list[str]]] = [
     lambda paths: ensure_certificates(paths.certs),
     ensure_admin_password,
     ensure_fernet_keyring,
+    ensure_models,
 ]
 
 

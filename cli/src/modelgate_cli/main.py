@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from . import keys
+from . import keys, models
 from ._configref import configuration_reference
 from ._init import run_init
 from ._paths import ProjectPaths
@@ -18,6 +18,7 @@ app = typer.Typer(
 )
 
 app.add_typer(keys.app, name="keys")
+app.add_typer(models.app, name="model")
 
 
 @app.callback()

@@ -1,7 +1,420 @@
-"""HTTP routes of the inference service: translate HTTP to calls of plain logic."""
+"""HTTP routes of the inference service: translate HTTP to calls of plain logic.
+
+Bodies are read as bytes and validated in one pass by the schema compiled from
+the model's manifest (see ``schemas``); responses are built as plain dicts and
+rendered by orjson, numpy arrays included.
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+import time
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Depends, Path, Query, Request, Security
+from modelgate_common import (
+    Forbidden,
+    JsonResponse,
+    Principal,
+    ServiceError,
+    authenticate,
+    error_responses,
+)
+from pydantic import BaseModel, ConfigDict, Field
+
+from .runtime import LoadedModel
+from .schemas import (
+    INPUT_TENSOR,
+    OUTPUT_LABEL,
+    OUTPUT_PROBABILITIES,
+    inputs_to_matrix,
+    parse_inference_request,
+    requested_outputs,
+)
+from .service import ModelRegistry, PredictionGate, VersionSync, audit_prediction, predict
+from .store import NAME_PATTERN, VERSION_PATTERN
 
 router = APIRouter()
+
+ModelName = Annotated[str, Path(pattern=NAME_PATTERN, description="model name")]
+ModelVersion = Annotated[str, Path(pattern=VERSION_PATTERN, description="model version")]
+SERVER_NAME = "modelgate"
+SERVER_VERSION = "0.1.0"
+
+
+class Json(JsonResponse):
+    """JSON by orjson, numpy arrays written directly (no per-item Python objects)."""
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+class UnsupportedMediaType(ServiceError):
+    status_code = 415
+    message = "send the body as application/json"
+
+
+# --- dependencies ----------------------------------------------------------------------------
+
+Reader = Annotated[Principal, Security(authenticate, scopes=["models:read"])]
+Admin = Annotated[Principal, Security(authenticate, scopes=["models:admin"])]
+
+
+async def predictor(
+    request: Request,
+    principal: Annotated[Principal, Security(authenticate, scopes=["models:predict"])],
+) -> Principal:
+    """A token with ``models:predict``, past the per-subject request limit."""
+    gate: PredictionGate = request.app.state.prediction_gate
+    await gate.check_request(principal, request.url.path)
+    return principal
+
+
+Predictor = Annotated[Principal, Depends(predictor)]
+
+
+def _registry(request: Request) -> ModelRegistry:
+    registry: ModelRegistry = request.app.state.registry
+    return registry
+
+
+async def _json_body(request: Request) -> bytes:
+    """The raw body; a missing Content-Type is JSON (as Open Inference Protocol clients send it)."""
+    content_type = request.headers.get("content-type")
+    if content_type is not None:
+        media = content_type.split(";", 1)[0].strip().lower()
+        if media != "application/json" and not media.endswith("+json"):
+            raise UnsupportedMediaType()
+    if "inference-header-content-length" in request.headers:
+        raise UnsupportedMediaType("binary tensor data is not supported; send JSON tensors")
+    return await request.body()
+
+
+def _allow_probabilities(request: Request, principal: Principal) -> None:
+    scope: str = request.app.state.settings.probability_scope
+    if scope not in principal.scopes:
+        raise Forbidden(f"probabilities need the scope {scope}")
+
+
+def _json_array(values: Any) -> Any:
+    """orjson writes numeric numpy arrays itself; labels of other kinds go as lists."""
+    return values if values.dtype.kind in "iuf" else values.tolist()
+
+
+async def _run(
+    request: Request, principal: Principal, model: LoadedModel, X: Any, probabilities: bool
+) -> tuple[Any, Any]:
+    gate: PredictionGate = request.app.state.prediction_gate
+    await gate.check_rows(principal, len(X))
+    return await predict(model, X, probabilities, request.app.state.settings.offload_rows)
+
+
+# --- v1 --------------------------------------------------------------------------------------
+
+
+def _describe(model: LoadedModel, default: bool) -> dict[str, Any]:
+    manifest = model.manifest
+    return {
+        "version": model.version,
+        "default": default,
+        "created": manifest.created,
+        "description": manifest.description,
+        "estimator": manifest.estimator,
+        "runtime": model.runtime.kind,
+        "input_schema": {"features": model.schema.describe()},
+        "classes": list(manifest.classes),
+        "class_names": manifest.class_names,
+        "metrics": manifest.metrics,
+    }
+
+
+def _describe_model(registry: ModelRegistry, name: str) -> dict[str, Any]:
+    snap = registry.snapshot
+    default = snap.defaults[name]
+    return {
+        "name": name,
+        "default_version": default,
+        "versions": [
+            _describe(snap.models[name][v], v == default)
+            for v in sorted(snap.models[name], key=int)
+        ],
+    }
+
+
+@router.get("/v1/models", tags=["v1"], responses=error_responses(401, 403))
+async def list_models(request: Request, _: Reader) -> Json:
+    registry = _registry(request)
+    names = sorted(registry.snapshot.models)
+    return Json({"models": [_describe_model(registry, n) for n in names]})
+
+
+@router.get("/v1/models/{name}", tags=["v1"], responses=error_responses(401, 403, 404, 422))
+async def get_model(request: Request, name: ModelName, _: Reader) -> Json:
+    registry = _registry(request)
+    registry.get(name)
+    return Json(_describe_model(registry, name))
+
+
+@router.post(
+    "/v1/models/{name}/predict",
+    tags=["v1"],
+    responses=error_responses(401, 403, 404, 413, 415, 422, 429),
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["instances"],
+                        "additionalProperties": False,
+                        "properties": {
+                            "instances": {
+                                "type": "array",
+                                "minItems": 1,
+                                "items": {"type": "object", "description": "feature: number"},
+                            },
+                            "probabilities": {"type": "boolean", "default": False},
+                        },
+                    }
+                }
+            },
+        }
+    },
+)
+async def predict_v1(
+    request: Request,
+    name: ModelName,
+    principal: Predictor,
+    version: Annotated[str | None, Query(pattern=VERSION_PATTERN)] = None,
+) -> Json:
+    """Predict a batch: `{"instances": [{feature: number, ...}, ...], "probabilities": false}`."""
+    started = time.perf_counter()
+    model = _registry(request).get(name, version)
+    X, probabilities = model.schema.parse_v1(await _json_body(request))
+    if probabilities:
+        _allow_probabilities(request, principal)
+    labels, proba = await _run(request, principal, model, X, probabilities)
+    body: dict[str, Any] = {
+        "model": model.name,
+        "version": model.version,
+        "predictions": _json_array(labels),
+    }
+    if proba is not None:
+        body["classes"] = model.schema.classes
+        body["probabilities"] = proba
+    audit_prediction(principal, model, len(X), started, "v1", probabilities)
+    return Json(body)
+
+
+class LoadRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    version: Annotated[str, Field(pattern=VERSION_PATTERN)] | None = None
+
+
+@router.post(
+    "/v1/models/{name}/load",
+    tags=["v1"],
+    responses=error_responses(401, 403, 404, 422, 503),
+)
+async def load_version(
+    request: Request, name: ModelName, _: Admin, payload: LoadRequest | None = None
+) -> Json:
+    """Verify a version (default: the newest in the store) and make it the serving
+    version in every worker, atomically per worker; answers once all switched."""
+    sync: VersionSync = request.app.state.version_sync
+    result = await sync.request_load(name, payload.version if payload else None)
+    return Json(result)
+
+
+# --- the seed's alias ------------------------------------------------------------------------
+
+
+@router.post(
+    "/predict",
+    tags=["seed"],
+    responses=error_responses(401, 403, 404, 413, 415, 422, 429),
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "required": ["sepal_length", "sepal_width", "petal_length", "petal_width"],
+                        "properties": {
+                            f: {"type": "number"}
+                            for f in ("sepal_length", "sepal_width", "petal_length", "petal_width")
+                        },
+                    }
+                }
+            },
+        }
+    },
+)
+async def predict_seed(request: Request, principal: Predictor) -> Json:
+    """The seed tutorial's call: one iris flower in, `{"prediction": int}` out."""
+    started = time.perf_counter()
+    model = _registry(request).get(request.app.state.settings.seed_model)
+    X = model.schema.parse_row(await _json_body(request))
+    labels, _ = await _run(request, principal, model, X, False)
+    audit_prediction(principal, model, 1, started, "seed", False)
+    return Json({"prediction": labels.tolist()[0], "model": model.name, "version": model.version})
+
+
+# --- Open Inference Protocol v2 --------------------------------------------------------------
+
+
+@router.get("/v2", tags=["v2"], responses=error_responses(401, 403))
+async def server_metadata(_: Reader) -> Json:
+    return Json({"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": []})
+
+
+@router.get("/v2/health/live", tags=["v2"])
+async def server_live() -> Json:
+    """Public, as the protocol intends for orchestrators' probes."""
+    return Json({"live": True})
+
+
+@router.get("/v2/health/ready", tags=["v2"], responses={503: {"description": "no model serves"}})
+async def server_ready(request: Request) -> Json:
+    """Public: ready when at least one model serves (no names are revealed)."""
+    ready = bool(_registry(request).snapshot.defaults)
+    return Json({"ready": ready}, status_code=200 if ready else 503)
+
+
+def _v2_metadata(model: LoadedModel) -> dict[str, Any]:
+    n_features = len(model.schema.features)
+    n_classes = len(model.schema.classes)
+    return {
+        "name": model.name,
+        "versions": [model.version],
+        "platform": model.runtime.kind,
+        "inputs": [{"name": INPUT_TENSOR, "datatype": "FP64", "shape": [-1, n_features]}],
+        "outputs": [
+            {"name": OUTPUT_LABEL, "datatype": model.label_dtype, "shape": [-1]},
+            {
+                "name": OUTPUT_PROBABILITIES,
+                "datatype": model.runtime.probability_dtype,
+                "shape": [-1, n_classes],
+            },
+        ],
+        "parameters": {
+            "features": ",".join(model.schema.features),
+            "classes": ",".join(str(c) for c in model.schema.classes),
+        },
+    }
+
+
+@router.get("/v2/models/{name}", tags=["v2"], responses=error_responses(401, 403, 404, 422))
+@router.get(
+    "/v2/models/{name}/versions/{version}",
+    tags=["v2"],
+    responses=error_responses(401, 403, 404, 422),
+)
+async def model_metadata(
+    request: Request, name: ModelName, _: Reader, version: ModelVersion | None = None
+) -> Json:
+    registry = _registry(request)
+    model = registry.get(name, version)
+    body = _v2_metadata(model)
+    if version is None:
+        body["versions"] = sorted(registry.snapshot.models[name], key=int)
+    return Json(body)
+
+
+@router.get("/v2/models/{name}/ready", tags=["v2"], responses=error_responses(401, 403, 404, 422))
+@router.get(
+    "/v2/models/{name}/versions/{version}/ready",
+    tags=["v2"],
+    responses=error_responses(401, 403, 404, 422),
+)
+async def model_ready(
+    request: Request, name: ModelName, _: Reader, version: ModelVersion | None = None
+) -> Json:
+    registry = _registry(request)
+    try:
+        model = registry.get(name, version)
+    except ServiceError:
+        if not registry.known(name):
+            raise
+        return Json({"name": name, "ready": False}, status_code=503)
+    return Json({"name": name, "version": model.version, "ready": True})
+
+
+_INFER_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["inputs"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "id": {"type": "string"},
+                        "parameters": {"type": "object"},
+                        "inputs": {"type": "array", "minItems": 1, "items": {"type": "object"}},
+                        "outputs": {"type": "array", "items": {"type": "object"}},
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+@router.post(
+    "/v2/models/{name}/infer",
+    tags=["v2"],
+    responses=error_responses(401, 403, 404, 413, 415, 422, 429),
+    openapi_extra=_INFER_BODY,
+)
+@router.post(
+    "/v2/models/{name}/versions/{version}/infer",
+    tags=["v2"],
+    responses=error_responses(401, 403, 404, 413, 415, 422, 429),
+    openapi_extra=_INFER_BODY,
+)
+async def infer(
+    request: Request, name: ModelName, principal: Predictor, version: ModelVersion | None = None
+) -> Json:
+    """JSON tensors in: one tensor `input` of shape [rows, features] (FP64/FP32/INT*)
+    or one tensor per feature; outputs `label` (default) and `probabilities`."""
+    started = time.perf_counter()
+    model = _registry(request).get(name, version)
+    payload = parse_inference_request(await _json_body(request))
+    X = inputs_to_matrix(payload, model.schema)
+    want_label, want_proba = requested_outputs(payload)
+    if want_proba:
+        _allow_probabilities(request, principal)
+    labels, proba = await _run(request, principal, model, X, want_proba)
+    outputs: list[dict[str, Any]] = []
+    if want_label:
+        outputs.append(
+            {
+                "name": OUTPUT_LABEL,
+                "datatype": model.label_dtype,
+                "shape": [len(X)],
+                "data": _json_array(labels),
+            }
+        )
+    if proba is not None:
+        outputs.append(
+            {
+                "name": OUTPUT_PROBABILITIES,
+                "datatype": model.runtime.probability_dtype,
+                "shape": list(proba.shape),
+                "data": proba.reshape(-1),
+            }
+        )
+    body: dict[str, Any] = {
+        "model_name": model.name,
+        "model_version": model.version,
+        "outputs": outputs,
+    }
+    if payload.id is not None:
+        body["id"] = payload.id
+    audit_prediction(principal, model, len(X), started, "v2", want_proba)
+    return Json(body)

@@ -1,0 +1,194 @@
+"""`modelgate model`: build, register, sign, verify and list signed models.
+
+The private model-signing key (secrets/model_signing_key) is used only here;
+the inference service holds the public key alone.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ._paths import ProjectPaths
+
+app = typer.Typer(help="Build, register, sign, verify and list models.", no_args_is_help=True)
+
+SIGNING_KEY = "model_signing_key"
+
+
+def _keys(paths: ProjectPaths) -> tuple[Path, Path]:
+    return paths.secrets / SIGNING_KEY, paths.secrets / f"{SIGNING_KEY}.pub"
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(1)
+
+
+def ensure_models(paths: ProjectPaths) -> list[str]:
+    """Init step: the model-signing key pair and the demo models, when missing."""
+    from modelgate_inference.store import ensure_signing_key, versions_of
+
+    private, public = _keys(paths)
+    made = []
+    if ensure_signing_key(private, public):
+        made.append(f"model-signing key (secrets/{SIGNING_KEY}, .pub)")
+    from modelgate_inference.builder import DEMO_MODELS, build_demo
+
+    for name in DEMO_MODELS:
+        if not versions_of(paths.model_store, name):
+            build_demo(paths.model_store, private, name)
+            made.append(f"demo model {name} version 1 (model_store/{name}/1)")
+    return made
+
+
+@app.command("build-demo")
+def build_demo_command(
+    names: Annotated[
+        list[str] | None, typer.Argument(help="demo models to build; default all")
+    ] = None,
+    version: Annotated[
+        str | None, typer.Option(help="version to write; default the next free one")
+    ] = None,
+) -> None:
+    """Train the demo models (scikit-learn's bundled datasets, no downloads), sign them
+    and add each as a new version."""
+    from modelgate_inference.builder import DEMO_MODELS, build_demo, next_version
+    from modelgate_inference.store import ensure_signing_key
+
+    paths = ProjectPaths.from_env()
+    private, public = _keys(paths)
+    ensure_signing_key(private, public)
+    for name in names or list(DEMO_MODELS):
+        if name not in DEMO_MODELS:
+            raise _fail(f"no demo model {name!r}; choose from {', '.join(DEMO_MODELS)}")
+        try:
+            folder = build_demo(
+                paths.model_store, private, name, version or next_version(paths.model_store, name)
+            )
+        except (FileExistsError, ValueError) as exc:
+            raise _fail(str(exc)) from None
+        typer.echo(f"built {name} version {folder.name} in {folder}")
+
+
+@app.command("register")
+def register_command(
+    name: Annotated[str, typer.Argument(help="model name: lowercase letters, digits, _ and -")],
+    artifact: Annotated[
+        Path, typer.Argument(help="a fitted scikit-learn classifier saved with joblib")
+    ],
+    data: Annotated[
+        Path,
+        typer.Option(
+            help="CSV of training data: a header of feature names, numeric rows; gives the "
+            "input schema and bounds, reference rows and (with --target) accuracy"
+        ),
+    ],
+    target: Annotated[
+        str | None, typer.Option(help="column of --data holding the true class")
+    ] = None,
+    version: Annotated[
+        str | None, typer.Option(help="version to write; default the next free one")
+    ] = None,
+    description: Annotated[str, typer.Option(help="free text for the listing")] = "",
+) -> None:
+    """Add your own model as a new signed version. Unpickling ARTIFACT runs the code
+    it holds: register only files you built yourself."""
+    from modelgate_inference.builder import read_csv, register
+
+    paths = ProjectPaths.from_env()
+    private, _ = _keys(paths)
+    if not private.exists():
+        raise _fail("no model-signing key; run `modelgate init` first")
+    try:
+        folder = register(
+            paths.model_store,
+            private,
+            name=name,
+            artifact=artifact,
+            data=read_csv(data, target),
+            version=version,
+            description=description,
+        )
+    except (OSError, ValueError) as exc:
+        raise _fail(str(exc)) from None
+    typer.echo(f"registered {name} version {folder.name} in {folder}")
+    typer.echo(f"serve it: POST /v1/models/{name}/load (scope models:admin), or restart")
+
+
+@app.command("sign")
+def sign_command(name: str, version: str) -> None:
+    """(Re-)sign a version's manifest after checking every artifact against it."""
+    from modelgate_inference.builder import sign_existing
+
+    paths = ProjectPaths.from_env()
+    private, _ = _keys(paths)
+    try:
+        sign_existing(paths.model_store / name / version, private)
+    except (OSError, ValueError) as exc:
+        raise _fail(str(exc)) from None
+    typer.echo(f"signed {name} version {version}")
+
+
+@app.command("verify")
+def verify_command(
+    name: Annotated[str | None, typer.Argument(help="one model; default all")] = None,
+    version: Annotated[str | None, typer.Argument(help="one version; default all")] = None,
+) -> None:
+    """Check what the service checks before serving: signature, digests, and the
+    reference predictions. Exit status 1 if any version would be refused."""
+    from modelgate_inference.builder import verify_folder
+    from modelgate_inference.store import ModelRefused, model_names, versions_of
+
+    paths = ProjectPaths.from_env()
+    _, public = _keys(paths)
+    refused = 0
+    for model in [name] if name else model_names(paths.model_store):
+        versions = [version] if version else versions_of(paths.model_store, model)
+        if not versions:
+            typer.echo(f"{model}: no versions")
+            refused += 1
+        for v in versions:
+            try:
+                runtime = verify_folder(paths.model_store / model / v, public)
+            except ModelRefused as exc:
+                refused += 1
+                typer.echo(f"{model}:{v}  REFUSED  {exc.reason}")
+            else:
+                typer.echo(f"{model}:{v}  ok  serves on {runtime}")
+    if refused:
+        raise typer.Exit(1)
+
+
+@app.command("list")
+def list_command() -> None:
+    """Models and versions in the store, with the signature's state."""
+    from modelgate_inference.store import (
+        ModelRefused,
+        load_public_key,
+        model_names,
+        read_verified_manifest,
+        versions_of,
+    )
+
+    paths = ProjectPaths.from_env()
+    _, public = _keys(paths)
+    try:
+        key = load_public_key(public)
+    except (OSError, ValueError):
+        raise _fail(f"no usable public key at {public}; run `modelgate init`") from None
+    for model in model_names(paths.model_store):
+        for v in versions_of(paths.model_store, model):
+            try:
+                manifest = read_verified_manifest(paths.model_store / model / v, key).manifest
+            except ModelRefused as exc:
+                typer.echo(f"{model:<16} {v:>4}  REFUSED: {exc.reason}")
+                continue
+            runtimes = "onnx+sklearn" if manifest.artifacts.onnx else "sklearn"
+            metric = ", ".join(f"{k}={val:.3g}" for k, val in manifest.metrics.items())
+            typer.echo(
+                f"{model:<16} {v:>4}  {manifest.created}  {manifest.estimator} "
+                f"({runtimes}), {len(manifest.input.features)} features, {metric}"
+            )

@@ -1,0 +1,177 @@
+"""In-process fixtures: a real Redis, a throwaway token issuer, and a signed model
+store built once per session (demo models) and copied for each test."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from modelgate_common.testing import TokenFactory
+from modelgate_inference.builder import build_demo
+from modelgate_inference.config import InferenceSettings
+from modelgate_inference.main import create_app
+from modelgate_inference.store import ensure_signing_key
+
+IRIS_SAMPLES = [
+    # (row, class) known iris flowers: setosa, versicolor, virginica
+    ({"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}, 0),
+    ({"sepal_length": 6.4, "sepal_width": 3.2, "petal_length": 4.5, "petal_width": 1.5}, 1),
+    ({"sepal_length": 6.7, "sepal_width": 3.0, "petal_length": 5.2, "petal_width": 2.3}, 2),
+]
+IRIS_FEATURES = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    server = shutil.which("redis-server")
+    if server is None:
+        pytest.fail("redis-server is needed for the inference unit tests")
+    port = _free_port()
+    folder = tmp_path_factory.mktemp("redis")
+    args = [server, "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
+    args += ["--appendonly", "no", "--dir", str(folder)]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                    break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    pytest.fail("redis-server did not start")
+                time.sleep(0.05)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def tokens(tmp_path_factory: pytest.TempPathFactory) -> TokenFactory:
+    return TokenFactory(tmp_path_factory.mktemp("issuer"))
+
+
+@pytest.fixture(scope="session")
+def signing_keys(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    folder = tmp_path_factory.mktemp("signing")
+    private, public = folder / "model_signing_key", folder / "model_signing_key.pub"
+    ensure_signing_key(private, public)
+    return private, public
+
+
+@pytest.fixture(scope="session")
+def demo_store(tmp_path_factory: pytest.TempPathFactory, signing_keys: tuple[Path, Path]) -> Path:
+    store = tmp_path_factory.mktemp("demo-store")
+    for name in ("iris", "breast_cancer"):
+        build_demo(store, signing_keys[0], name)
+    return store
+
+
+@pytest.fixture
+def store(tmp_path: Path, demo_store: Path) -> Path:
+    """A writable copy of the demo store for one test."""
+    target = tmp_path / "model_store"
+    shutil.copytree(demo_store, target)
+    return target
+
+
+@pytest.fixture
+def make_settings(
+    tmp_path: Path,
+    tokens: TokenFactory,
+    redis_url: str,
+    store: Path,
+    signing_keys: tuple[Path, Path],
+) -> Callable[..., InferenceSettings]:
+    namespace = f"test:{uuid.uuid4().hex[:12]}"  # each test its own Redis keys
+
+    def make(**overrides: Any) -> InferenceSettings:
+        common = tokens.settings(var_dir=tmp_path / "var", redis_url=redis_url)
+        values: dict[str, Any] = {
+            "common": common,
+            "model_store": store,
+            "signing_public_key": signing_keys[1],
+            "redis_namespace": namespace,
+            "reload_poll_seconds": 0.5,
+        }
+        values.update(overrides)
+        return InferenceSettings(**values)
+
+    return make
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@contextlib.asynccontextmanager
+async def serve(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    """The app with its lifespan running, and a client speaking to it in-process."""
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://inference") as c:
+            yield c
+
+
+Serve = Callable[[FastAPI], contextlib.AbstractAsyncContextManager[httpx.AsyncClient]]
+
+
+@pytest.fixture
+def served() -> Serve:
+    """Run another app (other settings, a second 'worker') in a test."""
+    return serve
+
+
+@pytest.fixture
+async def client(
+    make_settings: Callable[..., InferenceSettings],
+) -> AsyncIterator[httpx.AsyncClient]:
+    async with serve(create_app(make_settings())) as c:
+        yield c
+
+
+@pytest.fixture
+def auth(tokens: TokenFactory) -> Callable[..., dict[str, str]]:
+    def headers(sub: str = "alice", role: str = "user", **claims: Any) -> dict[str, str]:
+        return {"Authorization": f"Bearer {tokens.mint(sub, role, **claims)}"}
+
+    return headers
+
+
+class Audit:
+    """The audit file the service writes, read back as JSON lines."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def lines(self) -> list[dict[str, Any]]:
+        if not self.path.exists():
+            return []
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line]
+
+    def raw(self) -> str:
+        return self.path.read_text() if self.path.exists() else ""
+
+
+@pytest.fixture
+def audit_log(tmp_path: Path) -> Audit:
+    return Audit(tmp_path / "var" / "log" / "audit.jsonl")
