@@ -19,6 +19,10 @@ export MG_REDIS_URL ?= redis://127.0.0.1:$(MG_REDIS_PORT)/0
 
 PYTHON ?= python3
 VENV_STAMP := $(MG_VENV)/.installed
+# sslyze pins cryptography below what the services use, so it gets a venv of its own.
+export MG_SSLYZE_VENV ?= $(CURDIR)/.venv-sslyze
+SSLYZE_LOCK := tests/security/requirements-sslyze.txt
+SSLYZE_STAMP := $(MG_SSLYZE_VENV)/.installed
 PY := $(MG_VENV)/bin/python
 PYTEST := $(PY) -m pytest
 
@@ -36,6 +40,14 @@ $(VENV_STAMP): requirements-dev.txt pyproject.toml
 
 .PHONY: venv
 venv: $(VENV_STAMP) ## Create the virtual environment from the hash-pinned lock
+
+$(SSLYZE_STAMP): $(SSLYZE_LOCK)
+	$(PYTHON) -m venv $(MG_SSLYZE_VENV)
+	$(MG_SSLYZE_VENV)/bin/pip install -q --require-hashes -r $(SSLYZE_LOCK)
+	@touch $@
+
+.PHONY: sslyze-venv
+sslyze-venv: $(SSLYZE_STAMP) ## Create the TLS scanner's own virtual environment (hash-pinned)
 
 .PHONY: system-deps
 system-deps: ## Install nginx and Redis (apt, when root) or say what to install
@@ -85,7 +97,7 @@ test-unit: venv ## In-process unit tests only (no stack)
 	$(PYTEST) -m "not stack"
 
 .PHONY: test
-test: venv system-deps ## Every test: unit, then integration/security/faults against a fresh native stack
+test: venv sslyze-venv system-deps ## Every test: unit, then integration/security/faults against a fresh native stack
 	$(PYTEST) -m "not stack"
 	@deploy/with-stack.sh $(PYTEST) -m stack
 
@@ -93,6 +105,7 @@ test: venv system-deps ## Every test: unit, then integration/security/faults aga
 lock: ## Re-resolve the hash-pinned locks from pyproject.toml
 	uv pip compile -q --generate-hashes --python-version 3.11 --no-header pyproject.toml -o requirements.txt
 	uv pip compile -q --generate-hashes --python-version 3.11 --no-header --extra dev pyproject.toml -o requirements-dev.txt
+	uv pip compile -q --generate-hashes --python-version 3.11 --no-header tests/security/requirements-sslyze.in -o $(SSLYZE_LOCK)
 
 .PHONY: clean
 clean: down ## Remove runtime state (var/); keeps secrets, certificates and models

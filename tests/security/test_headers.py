@@ -1,0 +1,78 @@
+"""Security headers on every kind of answer, and nothing that names the software.
+
+Each status comes from the component that really produces it: nginx (200
+/healthz, 404, 405, 413, 502 with a service stopped) and the services behind it
+(their own 404/405 answers, and 401, 403, 422, 429 once those routes exist).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import httpx
+import pytest
+
+if TYPE_CHECKING:
+    from tests.conftest import NativeStack
+
+
+def test_headers_on_200_from_nginx(
+    client: httpx.Client, assert_hardened: Callable[[httpx.Response], None]
+) -> None:
+    response = client.get("/healthz")
+    assert response.status_code == 200
+    assert_hardened(response)
+
+
+@pytest.mark.parametrize("path", ["/nowhere", "/auth/nowhere", "/v1/models/x/y/z", "/crypto/x"])
+def test_headers_on_404(
+    client: httpx.Client, assert_hardened: Callable[[httpx.Response], None], path: str
+) -> None:
+    response = client.get(path)
+    assert response.status_code == 404
+    assert_hardened(response)
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/auth/token", "/v1/models", "/crypto/encrypt"])
+def test_headers_on_405(
+    client: httpx.Client, assert_hardened: Callable[[httpx.Response], None], path: str
+) -> None:
+    response = client.request("TRACE", path)
+    assert response.status_code == 405
+    assert_hardened(response)
+
+
+@pytest.mark.parametrize("path", ["/auth/token", "/v1/models/iris/predict", "/crypto/encrypt"])
+def test_headers_on_413(
+    client: httpx.Client, assert_hardened: Callable[[httpx.Response], None], path: str
+) -> None:
+    body = b"{" + b" " * (2 * 1024 * 1024) + b"}"
+    response = client.post(path, content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 413
+    assert_hardened(response)
+
+
+@pytest.mark.native
+@pytest.mark.parametrize(
+    ("program", "path"),
+    [("crypto", "/crypto/encrypt"), ("inference", "/v2/health/live"), ("auth", "/auth/token")],
+)
+def test_headers_on_502_with_service_stopped(
+    native_stack: NativeStack,
+    client: httpx.Client,
+    assert_hardened: Callable[[httpx.Response], None],
+    program: str,
+    path: str,
+) -> None:
+    native_stack.stop(program)
+    try:
+        response = client.get(path)
+    finally:
+        native_stack.start(program)
+        native_stack.wait_ready()
+    assert response.status_code == 502
+    assert response.json() == {"detail": "service unavailable"}
+    assert_hardened(response)
+    # The service is back and answers the same path itself.
+    assert client.get(path).status_code < 500
