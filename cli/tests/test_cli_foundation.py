@@ -94,6 +94,30 @@ def test_preflight_reports_a_busy_port(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "MG_HTTPS_PORT" in result.output
 
 
+def test_preflight_ignores_connections_of_a_stopped_stack(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A port whose listener is gone but whose last connections sit in TIME_WAIT is free:
+    `make down && make up` must work at once."""
+    import socket
+
+    with socket.socket() as listener:
+        # As nginx, gunicorn and Redis do; their connections' TIME_WAIT inherits it.
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        client = socket.create_connection(("127.0.0.1", port))
+        served, _ = listener.accept()
+        served.close()  # the server side closes first: its end goes to TIME_WAIT
+        client.recv(1)
+        client.close()
+    with socket.socket() as probe:
+        with pytest.raises(OSError):
+            probe.bind(("127.0.0.1", port))  # what a naive check sees
+    monkeypatch.setenv("MG_HTTPS_PORT", str(port))
+    result = runner.invoke(app, ["preflight"])
+    assert "MG_HTTPS_PORT" not in result.output
+
+
 def test_configuration_reference_is_current() -> None:
     generated = runner.invoke(app, ["config-reference"]).output
     committed = (ROOT / "docs" / "configuration.md").read_text()

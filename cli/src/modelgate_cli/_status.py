@@ -84,8 +84,12 @@ def preflight_problems() -> list[str]:
     }
     for name, port in ports.items():
         with socket.socket() as probe:
+            # As nginx, gunicorn and Redis bind: connections of a stack just stopped
+            # (TIME_WAIT) do not hold the port; only a listener does.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 probe.bind(("127.0.0.1", port))
+                probe.listen()
             except OSError:
                 problems.append(f"port {port} ({name}) is already in use; set {name} to another")
     return problems
