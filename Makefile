@@ -101,6 +101,31 @@ test: venv sslyze-venv system-deps ## Every test: unit, then integration/securit
 	$(PYTEST) -m "not stack"
 	@deploy/with-stack.sh $(PYTEST) -m stack
 
+# The benchmark (bench/): MLServer, the peer it is compared with, gets its own
+# virtualenv from its own hashed lock so it never touches the stack's.
+BENCH_MLSERVER_VENV := bench/.work/mlserver-venv
+BENCH_ARGS ?=
+
+$(BENCH_MLSERVER_VENV)/.installed: bench/requirements-mlserver.txt
+	$(PYTHON) -m venv $(BENCH_MLSERVER_VENV)
+	$(BENCH_MLSERVER_VENV)/bin/pip install -q --require-hashes -r bench/requirements-mlserver.txt
+	@touch $@
+
+.PHONY: bench-deps
+bench-deps: venv system-deps $(BENCH_MLSERVER_VENV)/.installed
+	@command -v wrk >/dev/null || { \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; \
+		else echo "the benchmark needs wrk (as root: apt-get install wrk)"; exit 1; fi; }
+
+.PHONY: bench
+bench: bench-deps ## Benchmark the stack against the seed app, the insecure ceiling and MLServer (BENCH_ARGS=--help)
+	@$(PY) bench/run.py $(BENCH_ARGS)
+
+.PHONY: bench-up
+bench-up: venv system-deps ## Start the native stack with the benchmark profile (limits raised, still checked)
+	@set -a && . bench/profile.env && set +a && deploy/stack.sh up
+
 .PHONY: lock
 lock: ## Re-resolve the hash-pinned locks from pyproject.toml
 	uv pip compile -q --generate-hashes --python-version 3.11 --no-header pyproject.toml -o requirements.txt

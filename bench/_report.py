@@ -1,0 +1,249 @@
+"""Ratios, goals, the printed table, the JSON file and the PNG chart."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+# The issue's goals, evaluated on the runs of one `make bench`.
+GOAL_VS_SEED = 30.0
+GOAL_VS_MLSERVER_ADAPTIVE = 3.0
+GOAL_VS_CEILING = 0.60
+GOAL_P99_MS = 25.0
+GOAL_P99_CONNECTIONS = 64
+GOAL_BATCH_ROWS_PER_S = 100_000
+GOAL_RSS_MB = 600
+GOAL_UP_S = 10.0
+
+
+def _first_line(argv: list[str]) -> str:
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return "?"
+    return ((out.stdout or out.stderr).strip().splitlines() or ["?"])[0]
+
+
+def machine() -> dict[str, Any]:
+    cpu = "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "logical_cpus": psutil.cpu_count(),
+        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "nginx": _first_line(["nginx", "-v"]),
+        "redis": _first_line(["redis-server", "--version"]),
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def ratios(runs: dict[str, dict[str, Any]]) -> dict[str, float | None]:
+    def rps(name: str) -> float | None:
+        run = runs.get(name)
+        return float(run["rps"]) if run and run.get("rps") else None
+
+    full = rps("full")
+    out: dict[str, float | None] = {}
+    for other in ("seed", "ceiling", "mlserver", "mlserver-adaptive"):
+        base = rps(other)
+        out[f"full/{other}"] = round(full / base, 2) if full and base else None
+    return out
+
+
+def goals(
+    runs: dict[str, dict[str, Any]], r: dict[str, float | None], connections: int
+) -> list[dict[str, Any]]:
+    full = runs.get("full")
+    res: list[dict[str, Any]] = []
+
+    def goal(name: str, target: str, value: Any, met: bool | None, note: str = "") -> None:
+        res.append({"goal": name, "target": target, "measured": value, "met": met, "note": note})
+
+    if full is None:
+        return res
+    clean = full["non2xx"] == 0 and full["socket_errors"] == 0
+    vs_seed = r.get("full/seed")
+    goal(
+        "full vs seed (requests/s), zero non-2xx",
+        f">= {GOAL_VS_SEED:g}x, 0 non-2xx",
+        f"{vs_seed}x, {full['non2xx']} non-2xx, {full['socket_errors']} socket errors",
+        None if vs_seed is None else (vs_seed >= GOAL_VS_SEED and clean),
+    )
+    vs_ml = r.get("full/mlserver-adaptive")
+    goal(
+        "full vs MLServer with adaptive batching",
+        f">= {GOAL_VS_MLSERVER_ADAPTIVE:g}x",
+        f"{vs_ml}x",
+        None if vs_ml is None else vs_ml >= GOAL_VS_MLSERVER_ADAPTIVE,
+    )
+    vs_ceiling = r.get("full/ceiling")
+    goal(
+        "full vs insecure ceiling",
+        f">= {GOAL_VS_CEILING:.0%}",
+        None if vs_ceiling is None else f"{vs_ceiling:.0%}",
+        None if vs_ceiling is None else vs_ceiling >= GOAL_VS_CEILING,
+    )
+    p99 = full["latency_ms"]["p99"]
+    goal(
+        f"full p99 at {GOAL_P99_CONNECTIONS} connections",
+        f"<= {GOAL_P99_MS:g} ms",
+        f"{p99:.1f} ms at {connections} connections",
+        (p99 <= GOAL_P99_MS) if connections == GOAL_P99_CONNECTIONS else None,
+        "" if connections == GOAL_P99_CONNECTIONS else "not evaluated: other connection count",
+    )
+    batch = {k: v for k, v in runs.items() if k.startswith("batch-")}
+    if batch:
+        best_name, best = max(batch.items(), key=lambda kv: kv[1]["rows_per_s"])
+        all_clean = all(v["non2xx"] == 0 and v["socket_errors"] == 0 for v in batch.values())
+        goal(
+            "batch endpoint rows/s",
+            f">= {GOAL_BATCH_ROWS_PER_S:,}",
+            ", ".join(f"{k}: {v['rows_per_s']:,.0f}" for k, v in batch.items()),
+            best["rows_per_s"] >= GOAL_BATCH_ROWS_PER_S and all_clean,
+            f"best: {best_name}" + ("" if all_clean else "; some batch requests failed"),
+        )
+    rss = full["usage"]["total_rss_mb_peak"]
+    pss = full["usage"]["total_pss_mb_peak"]
+    goal(
+        "all stack processes resident",
+        f"<= {GOAL_RSS_MB} MB",
+        f"{rss:.0f} MB RSS ({pss:.0f} MB PSS)",
+        rss <= GOAL_RSS_MB,
+        "RSS counts pages shared between workers once per worker; PSS splits them",
+    )
+    up = full.get("stack", {}).get("make_up_to_ready_s")
+    goal(
+        "`make up` to ready, models built",
+        f"<= {GOAL_UP_S:g} s",
+        None if up is None else f"{up:.1f} s",
+        None if up is None else up <= GOAL_UP_S,
+    )
+    return res
+
+
+def table(runs: dict[str, dict[str, Any]], titles: dict[str, str]) -> str:
+    head = (
+        f"{'target':<32} {'req/s':>9} {'rows/s':>10} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8}"
+        f" {'non-2xx':>8} {'srv CPU%':>9} {'RSS MB':>7} {'wrk CPU%':>8}"
+    )
+    lines = [head, "-" * len(head)]
+    for name, run in runs.items():
+        lat, use = run["latency_ms"], run["usage"]
+        lines.append(
+            f"{titles.get(name, name):<32} {run['rps']:>9,.0f} {run['rows_per_s']:>10,.0f}"
+            f" {lat['p50']:>8.1f} {lat['p95']:>8.1f} {lat['p99']:>8.1f}"
+            f" {run['non2xx'] + run['socket_errors']:>8}"
+            f" {use['server_cpu_percent']:>9.0f} {use['total_rss_mb_peak']:>7.0f}"
+            f" {use['client_cpu_percent']:>8.0f}"
+        )
+    return "\n".join(lines)
+
+
+def processes_table(run: dict[str, Any]) -> str:
+    lines = [f"  {'role':<16} {'procs':>5} {'CPU%':>6} {'RSS MB':>7}"]
+    for role, v in sorted(run["usage"]["by_role"].items()):
+        lines.append(
+            f"  {role:<16} {v['processes']:>5.0f} {v['cpu_percent']:>6.0f} {v['rss_mb_peak']:>7.0f}"
+        )
+    return "\n".join(lines)
+
+
+def goals_table(gs: list[dict[str, Any]]) -> str:
+    mark = {True: "MET ", False: "MISS", None: "n/a "}
+    return "\n".join(
+        f"  [{mark[g['met']]}] {g['goal']}: {g['measured']} (goal {g['target']})"
+        + (f" — {g['note']}" if g["note"] else "")
+        for g in gs
+    )
+
+
+def write_json(path: Path, doc: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(doc, indent=2) + "\n")
+    tmp.replace(path)
+
+
+def chart(path: Path, doc: dict[str, Any]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs: dict[str, dict[str, Any]] = doc["runs"]
+    titles: dict[str, str] = doc["titles"]
+    single = [k for k, v in runs.items() if v["rows_per_request"] == 1]
+    batch = [k for k, v in runs.items() if v["rows_per_request"] > 1]
+    fig, axes = plt.subplots(
+        1, 3 if batch else 2, figsize=(16 if batch else 12, 5.2), layout="constrained"
+    )
+    colors = {
+        "seed": "#9e9e9e",
+        "mlserver": "#f4a261",
+        "mlserver-adaptive": "#e76f51",
+        "ceiling": "#8ab17d",
+        "full": "#264653",
+    }
+    names = [titles.get(k, k) for k in single]
+
+    ax = axes[0]
+    values = [runs[k]["rps"] for k in single]
+    bars = ax.barh(names, values, color=[colors.get(k, "#2a9d8f") for k in single])
+    ax.bar_label(bars, labels=[f"{v:,.0f}" for v in values], padding=3)
+    ax.set_xscale("log")
+    ax.set_xlabel("requests/s, single-row predictions (log scale)")
+    ax.invert_yaxis()
+    ax.set_title("Throughput")
+
+    ax = axes[1]
+    width = 0.27
+    ys = range(len(single))
+    for i, (p, shade) in enumerate((("p50", 0.45), ("p95", 0.7), ("p99", 1.0))):
+        ax.barh(
+            [y + (i - 1) * width for y in ys],
+            [runs[k]["latency_ms"][p] for k in single],
+            height=width,
+            label=p,
+            color=(0.15, 0.27, 0.33, shade),
+        )
+    ax.set_yticks(list(ys), names)
+    ax.set_xscale("log")
+    ax.set_xlabel("latency, ms (log scale)")
+    ax.axvline(GOAL_P99_MS, color="#e63946", linestyle="--", linewidth=1)
+    ax.legend(loc="lower right")
+    ax.invert_yaxis()
+    ax.set_title(f"Latency at {doc['client']['connections']} connections")
+
+    if batch:
+        ax = axes[2]
+        values = [runs[k]["rows_per_s"] for k in batch]
+        bars = ax.bar([titles.get(k, k) for k in batch], values, color="#2a9d8f")
+        ax.bar_label(bars, labels=[f"{v:,.0f}" for v in values], padding=3)
+        ax.axhline(GOAL_BATCH_ROWS_PER_S, color="#e63946", linestyle="--", linewidth=1)
+        ax.set_ylabel("rows/s")
+        ax.set_title("Batch endpoint (full stack)")
+
+    m = doc["machine"]
+    fig.suptitle(
+        f"modelgate benchmark — {m['logical_cpus']} CPUs ({m['cpu']}), wrk "
+        f"{doc['client']['threads']} threads x {doc['client']['connections']} connections, "
+        f"{doc['client']['duration_s']} s per run — {doc['finished']}",
+        fontsize=10,
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,210 @@
+"""The servers `make bench` measures, each started and stopped by the benchmark.
+
+Each target is a context manager yielding a ``Target``: where to send load, in
+which body format, and the process ids whose CPU and memory count.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from _procs import Background, BenchError, wait_http
+from _wrk import Load
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+WORK = BENCH / ".work"
+MLSERVER_VENV = WORK / "mlserver-venv"
+
+
+@dataclass
+class Settings:
+    """Where things live and listen; every value comes from the environment."""
+
+    venv: Path = field(default_factory=lambda: Path(os.environ.get("MG_VENV", ROOT / ".venv")))
+    port_base: int = field(default_factory=lambda: int(os.environ.get("BENCH_PORT_BASE", "8200")))
+    https_port: int = field(default_factory=lambda: int(os.environ.get("MG_HTTPS_PORT", "8443")))
+    certs: Path = field(
+        default_factory=lambda: Path(os.environ.get("MG_CERTS_DIR", ROOT / "certs"))
+    )
+    model_store: Path = field(
+        default_factory=lambda: Path(os.environ.get("MG_MODEL_STORE", ROOT / "model_store"))
+    )
+    model: str = field(default_factory=lambda: os.environ.get("BENCH_MODEL", "iris"))
+
+    @property
+    def seed_port(self) -> int:
+        return self.port_base
+
+    @property
+    def mlserver_port(self) -> int:  # +1 gRPC, +2 metrics
+        return self.port_base + 10
+
+    @property
+    def ceiling_port(self) -> int:
+        return self.port_base + 20
+
+    def bin(self, name: str) -> str:
+        return str(self.venv / "bin" / name)
+
+
+@dataclass
+class Target:
+    name: str
+    title: str
+    load: Load
+    roots: list[int]
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(extra)
+    return env
+
+
+@contextmanager
+def seed(s: Settings) -> Iterator[Target]:
+    """The tutorial's app: one uvicorn process, plain HTTP."""
+    port = s.seed_port
+    server = Background(
+        "seed",
+        [
+            s.bin("uvicorn"),
+            "seed_app:app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ],
+        cwd=BENCH,
+        env=_env(),
+        log=WORK / "log" / "seed.log",
+    )
+    try:
+        # The seed answers only POST /predict; FastAPI's /docs tells us it is up.
+        wait_http(f"http://127.0.0.1:{port}/docs", timeout=60, alive=server.alive)
+        yield Target(
+            "seed",
+            "seed app (tutorial)",
+            Load(f"http://127.0.0.1:{port}/predict", "seed"),
+            [server.pid],
+            {"endpoint": "POST /predict", "transport": "HTTP", "workers": 1},
+        )
+    finally:
+        server.stop()
+
+
+def model_artifact(s: Settings) -> Path | None:
+    """The stack's own joblib artifact of the model, newest version, if built."""
+    folder = s.model_store / s.model
+    versions = sorted(
+        (p for p in folder.glob("*") if p.name.isdigit() and (p / "model.joblib").is_file()),
+        key=lambda p: int(p.name),
+    )
+    return versions[-1] / "model.joblib" if versions else None
+
+
+def _mlserver_model(s: Settings, target: Path) -> str:
+    artifact = model_artifact(s)
+    if artifact is not None:
+        shutil.copyfile(artifact, target)
+        return f"modelgate model store: {artifact.relative_to(s.model_store)}"
+    # No stack model (yet): train the same kind of model the stack's demo build does.
+    code = (
+        "import joblib, sys\n"
+        "from sklearn.datasets import load_iris\n"
+        "from sklearn.ensemble import RandomForestClassifier\n"
+        "X, y = load_iris(return_X_y=True)\n"
+        "joblib.dump(RandomForestClassifier(n_estimators=100, random_state=0).fit(X, y),"
+        " sys.argv[1])\n"
+    )
+    subprocess.run([str(MLSERVER_VENV / "bin" / "python"), "-c", code, str(target)], check=True)
+    return "trained by the benchmark (RandomForestClassifier, 100 trees, iris)"
+
+
+@contextmanager
+def mlserver(s: Settings, *, adaptive: bool) -> Iterator[Target]:
+    """Seldon MLServer with its scikit-learn runtime, v2 REST, plain HTTP.
+
+    As shipped: default settings (one inference worker process, debug access
+    log on). Adaptive: the same plus adaptive batching (max 32 requests, 5 ms).
+    """
+    if not (MLSERVER_VENV / "bin" / "mlserver").is_file():
+        raise BenchError("MLServer's virtualenv is missing: run `make bench` (it installs it)")
+    name = "mlserver-adaptive" if adaptive else "mlserver"
+    home = WORK / name
+    shutil.rmtree(home, ignore_errors=True)
+    (home / s.model).mkdir(parents=True)
+    source = _mlserver_model(s, home / s.model / "model.joblib")
+    port = s.mlserver_port
+    settings = {"host": "127.0.0.1", "http_port": port, "grpc_port": port + 1}
+    settings["metrics_port"] = port + 2
+    (home / "settings.json").write_text(json.dumps(settings, indent=2))
+    model_settings: dict[str, Any] = {
+        "name": s.model,
+        "implementation": "mlserver_sklearn.SKLearnModel",
+        "parameters": {"uri": "./model.joblib"},
+    }
+    if adaptive:
+        model_settings.update(max_batch_size=32, max_batch_time=0.005)
+    (home / s.model / "model-settings.json").write_text(json.dumps(model_settings, indent=2))
+    server = Background(
+        name,
+        [str(MLSERVER_VENV / "bin" / "mlserver"), "start", "."],
+        cwd=home,
+        env=_env(),
+        log=WORK / "log" / f"{name}.log",
+    )
+    try:
+        ready = wait_http(
+            f"http://127.0.0.1:{port}/v2/models/{s.model}/ready", timeout=120, alive=server.alive
+        )
+        version = ", ".join(
+            p.name.removesuffix(".dist-info")
+            for p in sorted(MLSERVER_VENV.glob("lib/python*/site-packages/mlserver*.dist-info"))
+        )
+        yield Target(
+            name,
+            "MLServer + adaptive batching" if adaptive else "MLServer (as shipped)",
+            Load(f"http://127.0.0.1:{port}/v2/models/{s.model}/infer", "v2"),
+            [server.pid],
+            {
+                "endpoint": f"POST /v2/models/{s.model}/infer",
+                "transport": "HTTP",
+                "version": version,
+                "model": source,
+                "adaptive_batching": {"max_batch_size": 32, "max_batch_time_s": 0.005}
+                if adaptive
+                else None,
+                "start_to_ready_s": round(ready, 2),
+            },
+        )
+    except BenchError:
+        sys.stderr.write(server.tail() + "\n")
+        raise
+    finally:
+        server.stop()
+
+
+@contextmanager
+def ceiling(s: Settings) -> Iterator[Target]:
+    raise BenchError("ceiling: not available yet")
+    yield
+
+
+@contextmanager
+def full_stack(s: Settings) -> Iterator[list[Target]]:
+    raise BenchError("full stack: not available yet")
+    yield
