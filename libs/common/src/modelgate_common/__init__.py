@@ -17,6 +17,14 @@ from ._errors import (
 from ._files import write_private, write_public
 from ._health import CheckResult, HealthChecks
 from ._logging import audit, configure_logging, request_id_var
+from ._ratelimit import (
+    RateLimitHeadersMiddleware,
+    RowsQuota,
+    SharedRateLimiter,
+    Verdict,
+    login_rate_limit,
+    rate_limit,
+)
 from ._redis import create_redis, redis_ok
 from ._resources import shared_resources
 from ._security import (
@@ -32,7 +40,7 @@ from ._security import (
     revoked_jti_key,
     revoked_subject_key,
 )
-from ._settings import CommonSettings, read_secret
+from ._settings import CommonSettings, RateLimitSettings, read_secret
 
 __all__ = [
     "ADMIN_SCOPES",
@@ -49,11 +57,16 @@ __all__ = [
     "KeySet",
     "NotFound",
     "Principal",
+    "RateLimitHeadersMiddleware",
+    "RateLimitSettings",
+    "RowsQuota",
     "ServiceError",
     "ServiceUnavailable",
+    "SharedRateLimiter",
     "TokenVerifier",
     "TooManyRequests",
     "Unauthorized",
+    "Verdict",
     "audit",
     "authenticate",
     "bearer_scheme",
@@ -62,6 +75,8 @@ __all__ = [
     "create_service_app",
     "error_responses",
     "install_error_handlers",
+    "login_rate_limit",
+    "rate_limit",
     "read_secret",
     "redis_ok",
     "request_id_var",

@@ -13,6 +13,7 @@ from ._errors import install_error_handlers
 from ._health import HealthChecks, health_router
 from ._metrics import metrics_router
 from ._middleware import BodySizeLimitMiddleware, RequestContextMiddleware
+from ._ratelimit import RateLimitHeadersMiddleware
 from ._settings import CommonSettings
 
 
@@ -40,7 +41,8 @@ def create_service_app(
     app.include_router(metrics_router)
     for router in routers:
         app.include_router(router)
-    # Outermost first: the request id must exist before anything else logs.
+    # Each add_middleware wraps the previous ones: the request id (added last) is outermost.
+    app.add_middleware(RateLimitHeadersMiddleware)
     app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(RequestContextMiddleware)
     return app

@@ -1,5 +1,5 @@
-"""What every service's lifespan opens: a Redis client and the token verifier,
-with their readiness checks."""
+"""What every service's lifespan opens: a Redis client, the token verifier and
+the rate limiter, with their readiness checks."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from ._health import CheckResult, HealthChecks
+from ._ratelimit import SharedRateLimiter
 from ._redis import create_redis, redis_ok
 from ._security import TokenVerifier
 from ._settings import CommonSettings
@@ -26,8 +27,15 @@ async def shared_resources(app: FastAPI, settings: CommonSettings) -> AsyncItera
     except (OSError, ValueError) as exc:
         # Not fatal: readiness reports it and the key set is re-read on demand.
         log.error("cannot load JWKS", extra={"path": str(settings.jwks_path), "reason": str(exc)})
+    limiter = SharedRateLimiter(
+        settings.ratelimit,
+        settings.redis_url,
+        settings.redis_connect_timeout,
+        settings.redis_socket_timeout,
+    )
     app.state.redis = redis
     app.state.verifier = verifier
+    app.state.ratelimiter = limiter
     checks: HealthChecks = app.state.health
 
     async def redis_check() -> CheckResult:
@@ -42,7 +50,9 @@ async def shared_resources(app: FastAPI, settings: CommonSettings) -> AsyncItera
 
     checks.add("redis", redis_check)
     checks.add("token_keys", keys_check)
+    checks.add("rate_limits", limiter.health)
     try:
         yield
     finally:
+        await limiter.aclose()
         await redis.aclose()

@@ -10,10 +10,72 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from limits import parse_many
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PLACEHOLDER_SECRETS = frozenset({"", "changeme", "change-me", "changethis", "secret", "password"})
+
+
+def _check_limit(value: str) -> str:
+    # parse_many raises ValueError on anything but "<n>/<period>" or "<n> per <m> <period>"
+    if len(parse_many(value)) != 1:
+        raise ValueError("give exactly one limit, e.g. 5/minute")
+    return value
+
+
+class RateLimitSettings(BaseSettings):
+    """Every application-level limit (env prefix ``MG_RATELIMIT_``).
+
+    A limit is written ``<count>/<period>`` or ``<count> per <n> <period>``
+    (``5/minute``, ``100 per 1 hour``). Tiers map a token role to its own limit,
+    as JSON: ``MG_RATELIMIT_PREDICT_TIERS='{"admin": "100/minute"}'``.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="MG_RATELIMIT_", extra="ignore")
+
+    login: str = Field("5/minute", description="POST /auth/token and /token per client IP")
+    login_failures: str = Field(
+        "100/hour", description="failed password checks per user name, any client"
+    )
+    predict: str = Field("10/minute", description="predict requests per token subject")
+    predict_tiers: dict[str, str] = Field(
+        default_factory=lambda: {"admin": "100/minute"},
+        description="predict limit per role, overriding `predict`",
+    )
+    predict_rows_per_day: int = Field(
+        10_000, gt=0, description="predicted rows per subject per rolling day (batches count)"
+    )
+    predict_rows_tiers: dict[str, int] = Field(
+        default_factory=dict, description="rows per day per role, overriding the default"
+    )
+    crypto: str = Field("60/minute", description="crypto requests per token subject")
+    crypto_tiers: dict[str, str] = Field(
+        default_factory=dict, description="crypto limit per role, overriding `crypto`"
+    )
+    breaker_seconds: float = Field(
+        2.0,
+        gt=0,
+        le=60,
+        description="after a Redis failure a worker counts in memory (login: refuses) for this "
+        "long before it tries Redis again",
+    )
+
+    _limit = field_validator("login", "login_failures", "predict", "crypto")(_check_limit)
+
+    @field_validator("predict_tiers", "crypto_tiers")
+    @classmethod
+    def _check_tiers(cls, value: dict[str, str]) -> dict[str, str]:
+        for limit in value.values():
+            _check_limit(limit)
+        return value
+
+    @field_validator("predict_rows_tiers")
+    @classmethod
+    def _check_row_tiers(cls, value: dict[str, int]) -> dict[str, int]:
+        if any(rows <= 0 for rows in value.values()):
+            raise ValueError("a rows-per-day tier must be positive")
+        return value
 
 
 class CommonSettings(BaseSettings):
@@ -40,6 +102,9 @@ class CommonSettings(BaseSettings):
         "revocation check (readiness reports degraded) instead of refusing every request",
     )
     max_body_bytes: int = Field(1_048_576, gt=0, description="largest request body accepted")
+    ratelimit: RateLimitSettings = Field(
+        default_factory=RateLimitSettings, description="read from MG_RATELIMIT_* variables"
+    )
 
     @property
     def jwks_path(self) -> Path:

@@ -1,0 +1,495 @@
+"""Rate limits that hold across every worker of every service.
+
+Counters live in Redis, written through the ``limits`` library's asyncio storage
+(``async+redis://`` on redis-py's asyncio client), so a check is one or two
+awaited round trips and never blocks the event loop. slowapi's ``Limiter`` is
+not used for the checks: it drives the synchronous storage API (a blocking Redis
+call inside every async route) and answers 500 when that storage fails. What
+slowapi offers that fits is used: its ``get_remote_address`` key function, i.e.
+the TCP peer that uvicorn resolved from nginx's ``X-Forwarded-For`` (trusted
+from nginx's address only), never a header the client wrote.
+
+Policies (defaults in ``RateLimitSettings``, each an ``MG_RATELIMIT_*`` variable):
+
+- ``login``: per client IP, moving window (exact; no burst at a window edge).
+- ``login_failures``: per user name, moving window of failed password checks.
+- ``predict`` and ``crypto``: per token subject, sliding window counter (O(1)
+  memory whatever the limit), with per-role tiers.
+- ``predict_rows``: predicted rows per subject per rolling day (model-extraction
+  defence), charged after the request body has been validated.
+
+When Redis is unreachable, login is refused (503) and the other policies count
+in a per-worker ``MemoryStorage`` instead; a circuit breaker keeps the worker off
+Redis for ``breaker_seconds`` after a failure (no connection storm against a dead
+server), then the next request tries again and shared counting resumes by itself.
+``/health/ready`` reports ``degraded`` while a worker counts in memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import math
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import redis.asyncio as aioredis
+from fastapi import Request, Security
+from limits import RateLimitItem, parse
+from limits.aio.storage import MemoryStorage, RedisStorage, Storage
+from limits.aio.strategies import (
+    MovingWindowRateLimiter,
+    RateLimiter,
+    SlidingWindowCounterRateLimiter,
+)
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from slowapi.util import get_remote_address
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ._errors import ServiceUnavailable, TooManyRequests, Unauthorized
+from ._health import CheckResult
+from ._logging import audit
+from ._security import Principal, authenticate
+from ._settings import RateLimitSettings
+
+log = logging.getLogger("modelgate.ratelimit")
+
+Policy = Literal["login", "login_failures", "predict", "predict_rows", "crypto"]
+SubjectPolicy = Literal["predict", "crypto"]
+# The service whose key space a policy's counters live in (``mg:rl:<service>/...``).
+_SERVICE: dict[Policy, str] = {
+    "login": "auth",
+    "login_failures": "auth",
+    "predict": "inference",
+    "predict_rows": "inference",
+    "crypto": "crypto",
+}
+_HEADERS_STATE = "ratelimit_headers"
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """The outcome of one check, with what the client is told about its budget."""
+
+    allowed: bool
+    limit: int
+    remaining: int
+    reset_after: int  # RateLimit-Reset: seconds until the counted requests start to age out
+    retry_after: int  # Retry-After of a refusal: seconds until the refused request would fit
+    shared: bool  # False: counted by this worker alone (Redis unreachable)
+
+    def headers(self) -> dict[str, str]:
+        return {
+            "RateLimit-Limit": str(self.limit),
+            "RateLimit-Remaining": str(self.remaining),
+            "RateLimit-Reset": str(self.reset_after),
+        }
+
+    def refusal(self, message: str) -> TooManyRequests:
+        error = TooManyRequests(self.retry_after, message)
+        error.headers.update(self.headers())
+        return error
+
+
+class _StoreDown(Exception):
+    """Redis is unreachable (or the breaker says so) and the policy refuses."""
+
+
+class CircuitBreaker:
+    """Keeps a worker off a failing Redis for ``cooldown`` seconds after each failure."""
+
+    def __init__(self, cooldown: float) -> None:
+        self.cooldown = cooldown
+        self._open_until = 0.0
+        self.degraded = False
+
+    @property
+    def open(self) -> bool:
+        return time.monotonic() < self._open_until
+
+    @property
+    def retry_in(self) -> float:
+        return max(0.0, self._open_until - time.monotonic())
+
+    def trip(self) -> bool:
+        """Record a failure; True when this starts an outage (worth one log line)."""
+        started = not self.degraded
+        self.degraded = True
+        self._open_until = time.monotonic() + self.cooldown
+        return started
+
+    def close(self) -> bool:
+        """Record a success; True when this ends an outage."""
+        ended = self.degraded
+        self.degraded = False
+        self._open_until = 0.0
+        return ended
+
+
+class _Counters:
+    """One storage with the two strategies we use on it."""
+
+    def __init__(self, storage: Storage) -> None:
+        self.storage = storage
+        self.moving: RateLimiter = MovingWindowRateLimiter(storage)
+        self.sliding: RateLimiter = SlidingWindowCounterRateLimiter(storage)
+
+    def strategy(self, policy: Policy) -> RateLimiter:
+        return self.moving if policy in ("login", "login_failures") else self.sliding
+
+
+def _key(value: str) -> str:
+    """Client-chosen strings (user names) become fixed-size, separator-free key parts."""
+    return hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
+class SharedRateLimiter:
+    """The limiter of one worker: Redis-backed, with a per-worker in-memory fallback."""
+
+    def __init__(
+        self,
+        settings: RateLimitSettings,
+        redis_url: str,
+        connect_timeout: float = 0.25,
+        socket_timeout: float = 0.5,
+    ) -> None:
+        self.settings = settings
+        # One retry without delay: a connection that died with a Redis restart is replaced
+        # at once; a Redis that is really gone costs two fast failures, then the breaker.
+        self._pool = aioredis.ConnectionPool.from_url(
+            redis_url,
+            socket_connect_timeout=connect_timeout,
+            socket_timeout=socket_timeout,
+            retry=Retry(NoBackoff(), 1),
+            health_check_interval=0,
+        )
+        self._budget = connect_timeout + socket_timeout
+        self._shared = _Counters(
+            RedisStorage(
+                "async+" + redis_url,
+                implementation="redispy",
+                key_prefix="mg:rl",
+                connection_pool=self._pool,  # type: ignore[arg-type]  # passed through to redis-py
+            )
+        )
+        self._local = _Counters(MemoryStorage())
+        self.breaker = CircuitBreaker(settings.breaker_seconds)
+        self._items: dict[tuple[Policy, str | None], RateLimitItem] = {}
+
+    # -- limits ---------------------------------------------------------------------
+    def item(self, policy: Policy, role: str | None = None) -> RateLimitItem:
+        cached = self._items.get((policy, role))
+        if cached is not None:
+            return cached
+        s = self.settings
+        text: str
+        if policy == "predict":
+            text = s.predict_tiers.get(role or "", s.predict)
+        elif policy == "crypto":
+            text = s.crypto_tiers.get(role or "", s.crypto)
+        elif policy == "predict_rows":
+            text = f"{s.predict_rows_tiers.get(role or '', s.predict_rows_per_day)}/day"
+        else:
+            text = getattr(s, policy)
+        parsed = parse(text)
+        # The namespace puts every counter under its service: mg:rl:<service>/<policy>/...
+        item = type(parsed)(parsed.amount, parsed.multiples, namespace=_SERVICE[policy])
+        self._items[(policy, role)] = item
+        return item
+
+    # -- the storage switch ---------------------------------------------------------
+    async def _run(
+        self,
+        policy: Policy,
+        fallback: bool,
+        op: Callable[[_Counters], Awaitable[Verdict]],
+    ) -> Verdict:
+        if not self.breaker.open:
+            try:
+                async with asyncio.timeout(self._budget):
+                    verdict = await op(self._shared)
+            except Exception as exc:  # any storage failure: apply the outage policy
+                if self.breaker.trip():
+                    log.warning(
+                        "rate-limit store unreachable: counting per worker, login refused",
+                        extra={"reason": type(exc).__name__, "retry_in_s": self.breaker.cooldown},
+                    )
+            else:
+                if self.breaker.close():
+                    log.info("rate-limit store reachable again: shared counting resumed")
+                return verdict
+        if not fallback:
+            raise _StoreDown
+        return await op(self._local)
+
+    async def hit(
+        self, policy: Policy, identity: str, role: str | None = None, cost: int = 1
+    ) -> Verdict:
+        """Consume ``cost`` from ``identity``'s budget under ``policy`` if it fits."""
+        item = self.item(policy, role)
+
+        async def op(counters: _Counters) -> Verdict:
+            allowed = await counters.strategy(policy).hit(item, policy, identity, cost=cost)
+            return await _measure(counters, policy, item, identity, allowed, cost)
+
+        return await self._run(policy, policy not in ("login", "login_failures"), op)
+
+    async def test(self, policy: Policy, identity: str, role: str | None = None) -> Verdict:
+        """Would one more request fit? Consumes nothing."""
+        item = self.item(policy, role)
+
+        async def op(counters: _Counters) -> Verdict:
+            return await _measure(counters, policy, item, identity, None, 1)
+
+        return await self._run(policy, policy not in ("login", "login_failures"), op)
+
+    # -- policies as the routes use them ----------------------------------------------
+    async def check_login(self, client_ip: str, username: str) -> Verdict:
+        """Before any password check: the client's login budget and the user name's
+        failure budget. Raises 429 when either is spent, 503 when Redis is unreachable."""
+        try:
+            verdict = await self.hit("login", client_ip)
+            if not verdict.allowed:
+                audit("login_throttled", reason="client", client_ip=client_ip)
+                raise verdict.refusal("too many sign-in attempts; retry later")
+            failures = await self.test("login_failures", _key(username))
+        except _StoreDown:
+            raise ServiceUnavailable(
+                "sign-in is temporarily unavailable", retry_after=self._retry_after()
+            ) from None
+        if not failures.allowed:
+            audit("login_throttled", reason="user", user=username[:64], client_ip=client_ip)
+            error = TooManyRequests(
+                failures.retry_after, "too many failed sign-ins for this user; retry later"
+            )
+            error.headers.update(verdict.headers())
+            raise error
+        return verdict
+
+    async def record_login_failure(self, username: str) -> None:
+        try:
+            await self.hit("login_failures", _key(username))
+        except _StoreDown:
+            pass  # the next attempt is refused with 503 until Redis is back
+
+    async def check_subject(self, policy: SubjectPolicy, principal: Principal) -> Verdict:
+        verdict = await self.hit(policy, principal.subject, principal.role)
+        if not verdict.allowed:
+            raise verdict.refusal("rate limit exceeded; retry later")
+        return verdict
+
+    async def charge_rows(self, principal: Principal, rows: int) -> Verdict:
+        verdict = await self.hit("predict_rows", principal.subject, principal.role, cost=rows)
+        if not verdict.allowed:
+            error = TooManyRequests(
+                verdict.retry_after,
+                f"daily prediction quota exceeded: {verdict.remaining} of {verdict.limit} "
+                "rows left",
+            )
+            error.headers.update(_quota_headers(verdict))
+            raise error
+        return verdict
+
+    def _retry_after(self) -> int:
+        return max(1, math.ceil(self.breaker.retry_in))
+
+    # -- health and shutdown ------------------------------------------------------------
+    async def probe(self) -> bool:
+        """Is shared counting in use? Tries Redis when the breaker allows it."""
+        if self.breaker.open:
+            return False
+        if not self.breaker.degraded:
+            return True
+        try:
+            async with asyncio.timeout(self._budget):
+                ok = await self._shared.storage.check()
+        except Exception:
+            ok = False
+        if ok:
+            if self.breaker.close():
+                log.info("rate-limit store reachable again: shared counting resumed")
+        else:
+            self.breaker.trip()
+        return ok
+
+    async def health(self) -> CheckResult:
+        if await self.probe():
+            return CheckResult("ok", "shared counters in redis")
+        return CheckResult(
+            "degraded", "redis unreachable: per-worker in-memory limits, sign-in refused"
+        )
+
+    async def aclose(self) -> None:
+        await self._pool.aclose()
+        timer = getattr(self._local.storage, "timer", None)
+        if isinstance(timer, asyncio.Task) and not timer.done():
+            timer.cancel()
+
+
+async def _measure(
+    counters: _Counters,
+    policy: Policy,
+    item: RateLimitItem,
+    identity: str,
+    allowed: bool | None,
+    cost: int,
+) -> Verdict:
+    """Remaining budget and timings after a hit (or, ``allowed=None``, without one)."""
+    expiry = item.get_expiry()
+    limit = item.amount
+    if isinstance(counters.strategy(policy), MovingWindowRateLimiter):
+        stats = await counters.moving.get_window_stats(item, policy, identity)
+        remaining = max(0, stats.remaining)
+        # The oldest counted request ages out at reset_time: one slot frees up then.
+        reset = retry = stats.reset_time - time.time()
+    else:
+        window = await counters.storage.get_sliding_window(  # type: ignore[attr-defined]
+            item.key_for(policy, identity), expiry
+        )
+        remaining, reset, retry = _sliding_window_times(limit, expiry, cost, *window)
+    if allowed is None:
+        allowed = remaining >= cost
+    return Verdict(
+        allowed=allowed,
+        limit=limit,
+        remaining=remaining,
+        reset_after=max(1, min(expiry, math.ceil(reset))),
+        retry_after=max(1, min(2 * expiry, math.floor(retry) + 1)),  # strictly after
+        shared=isinstance(counters.storage, RedisStorage),
+    )
+
+
+def _sliding_window_times(
+    limit: int,
+    expiry: int,
+    cost: int,
+    previous: int,
+    previous_ttl: float,
+    current: int,
+    current_ttl: float,
+) -> tuple[int, float, float]:
+    """(remaining, seconds until the current window ends, seconds until ``cost`` fits)
+    for the sliding window counter: the previous window's count weighs in proportion to
+    its remaining time, and the current window becomes the previous one when it ends."""
+    weighted = math.floor(previous * previous_ttl / expiry) + current
+    remaining = max(0, limit - weighted)
+    window_end = current_ttl - expiry if current_ttl > expiry else float(expiry)
+    if cost > limit:
+        return remaining, window_end, 2.0 * expiry  # never fits
+    room = limit - cost - current  # what the decaying previous window may still weigh
+    if room >= 0:
+        if previous == 0 or math.floor(previous * previous_ttl / expiry) <= room:
+            return remaining, window_end, 0.0
+        # floor(previous * (ttl - t) / expiry) <= room  once  t > ttl - expiry * (room+1) / previous
+        return remaining, window_end, previous_ttl - expiry * (room + 1) / previous
+    # The current window's count must first become the (decaying) previous one.
+    after_shift = expiry - expiry * (limit - cost + 1) / current
+    return remaining, window_end, max(0.0, window_end) + max(0.0, after_shift)
+
+
+def _quota_headers(verdict: Verdict) -> dict[str, str]:
+    return {
+        "X-Quota-Rows-Limit": str(verdict.limit),
+        "X-Quota-Rows-Remaining": str(verdict.remaining),
+    }
+
+
+# -- FastAPI dependencies ---------------------------------------------------------------
+def _limiter(request: Request) -> SharedRateLimiter:
+    limiter: SharedRateLimiter = request.app.state.ratelimiter
+    return limiter
+
+
+def _set_headers(request: Request, verdict: Verdict) -> None:
+    request.state.ratelimit_headers = verdict.headers()
+
+
+async def login_rate_limit(request: Request) -> AsyncIterator[None]:
+    """Dependency of the password grant: the client IP's budget and the user name's
+    failure budget are checked before the route runs (so a refused attempt never
+    reaches the password check); an ``Unauthorized`` from the route counts as a
+    failure for that user name."""
+    form = await request.form()
+    username = form.get("username")
+    username = username if isinstance(username, str) else ""
+    limiter = _limiter(request)
+    verdict = await limiter.check_login(get_remote_address(request), username)
+    _set_headers(request, verdict)
+    try:
+        yield
+    except Unauthorized:
+        await limiter.record_login_failure(username)
+        raise
+
+
+@dataclass(frozen=True, slots=True)
+class RowsQuota:
+    """Handed to a predict route: charge the rows of a validated batch before predicting.
+    Raises 429 when the subject's daily rows would be exceeded (nothing is charged then)."""
+
+    limiter: SharedRateLimiter
+    principal: Principal
+    request: Request
+
+    async def charge(self, rows: int) -> None:
+        verdict = await self.limiter.charge_rows(self.principal, rows)
+        headers = getattr(self.request.state, _HEADERS_STATE, None) or {}
+        self.request.state.ratelimit_headers = headers | _quota_headers(verdict)
+
+
+def rate_limit(
+    policy: SubjectPolicy, scopes: Sequence[str] = ()
+) -> Callable[..., Awaitable[RowsQuota]]:
+    """A dependency that spends one request of the token subject's ``policy`` budget.
+
+    ``scopes`` must be the scopes the route itself asks of ``authenticate``: FastAPI
+    then verifies the token once for both. The result lets a predict route charge rows.
+    """
+
+    # A default, not an Annotated[...] string: annotations are resolved from module
+    # globals, where this closure's ``scopes`` is not.
+    authenticated = Security(authenticate, scopes=list(scopes))
+
+    async def dependency(request: Request, principal: Principal = authenticated) -> RowsQuota:
+        limiter = _limiter(request)
+        verdict = await limiter.check_subject(policy, principal)
+        _set_headers(request, verdict)
+        return RowsQuota(limiter, principal, request)
+
+    dependency.__name__ = f"{policy}_rate_limit"
+    return dependency
+
+
+class RateLimitHeadersMiddleware:
+    """Adds the ``RateLimit-*`` headers a limit dependency left in the request state,
+    whatever response class the route returned."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        state = scope.setdefault("state", {})
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                extra = state.get(_HEADERS_STATE)
+                if extra:
+                    present = {name.lower() for name, _ in message.get("headers", [])}
+                    message["headers"] = [
+                        *message.get("headers", []),
+                        *(
+                            (k.lower().encode(), v.encode())
+                            for k, v in extra.items()
+                            if k.lower().encode() not in present
+                        ),
+                    ]
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)

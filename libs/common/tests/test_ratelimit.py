@@ -1,0 +1,362 @@
+"""The shared rate limiter against a real Redis: exact counts across "workers" (two
+app instances with their own limiter and connection pool, as two gunicorn workers
+have), keys, headers, and the outage policy (the real Redis stopped and started)."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import httpx
+import pytest
+from fastapi import APIRouter, Depends, FastAPI, Form, Security
+from fastapi.responses import JSONResponse
+from modelgate_common import (
+    CommonSettings,
+    Principal,
+    RateLimitSettings,
+    RowsQuota,
+    Unauthorized,
+    authenticate,
+    create_service_app,
+    login_rate_limit,
+    rate_limit,
+    shared_resources,
+)
+from modelgate_common._ratelimit import _sliding_window_times
+from modelgate_common.testing import TokenFactory
+from pydantic import ValidationError
+
+pytestmark = pytest.mark.anyio
+
+PASSWORD = "correct horse"
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+# Module level: annotations are resolved from the module's globals.
+PredictQuota = Annotated[RowsQuota, Depends(rate_limit("predict", scopes=["models:predict"]))]
+
+
+class Checks:
+    """Counts what reached the "password check" and the "model" of the test routes."""
+
+    def __init__(self) -> None:
+        self.passwords = 0
+        self.predictions = 0
+
+
+def build(settings: CommonSettings, checks: Checks) -> FastAPI:
+    router = APIRouter()
+
+    @router.post("/auth/token", dependencies=[Depends(login_rate_limit)])
+    async def token(
+        username: Annotated[str, Form()], password: Annotated[str, Form()]
+    ) -> JSONResponse:
+        checks.passwords += 1
+        await asyncio.sleep(0.01)  # the hash takes time: requests overlap
+        if password != PASSWORD:
+            raise Unauthorized("invalid user name or password", error="")
+        # A route that returns a Response itself still gets the RateLimit headers.
+        return JSONResponse({"access_token": f"token-for-{username}"})
+
+    @router.post("/predict")
+    async def predict(
+        rows: int,
+        principal: Annotated[Principal, Security(authenticate, scopes=["models:predict"])],
+        quota: PredictQuota,
+    ) -> dict[str, Any]:
+        await quota.charge(rows)
+        checks.predictions += rows
+        return {"sub": principal.subject, "rows": rows}
+
+    @router.post("/crypto/encrypt", dependencies=[Depends(rate_limit("crypto"))])
+    async def encrypt() -> dict[str, str]:
+        return {"ciphertext": "x"}
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with shared_resources(app, settings):
+            yield
+
+    return create_service_app(title="t", settings=settings, lifespan=lifespan, routers=[router])
+
+
+class Stack:
+    """Two workers (apps) sharing one Redis; requests alternate between them."""
+
+    def __init__(self, apps: list[FastAPI], checks: Checks, factory: TokenFactory) -> None:
+        self.apps = apps
+        self.checks = checks
+        self.factory = factory
+        self._next = itertools.count()
+
+    def client(self, worker: int | None = None, ip: str = "127.0.0.2") -> httpx.AsyncClient:
+        index = next(self._next) % len(self.apps) if worker is None else worker
+        transport = httpx.ASGITransport(app=self.apps[index], client=(ip, 40000))
+        return httpx.AsyncClient(transport=transport, base_url="http://worker")
+
+    async def login(
+        self, username: str = "alice", password: str = "wrong", ip: str = "127.0.0.2", **kw: Any
+    ) -> httpx.Response:
+        async with self.client(ip=ip) as c:
+            return await c.post(
+                "/auth/token", data={"username": username, "password": password}, **kw
+            )
+
+    async def predict(self, token: str, rows: int = 1, worker: int | None = None) -> httpx.Response:
+        async with self.client(worker) as c:
+            return await c.post(
+                "/predict", params={"rows": rows}, headers={"authorization": f"Bearer {token}"}
+            )
+
+    async def ready(self, worker: int) -> dict[str, Any]:
+        async with self.client(worker) as c:
+            body: dict[str, Any] = (await c.get("/health/ready")).json()
+            return body
+
+
+@pytest.fixture
+def limits() -> RateLimitSettings:
+    return RateLimitSettings(
+        login="5/minute",
+        login_failures="3/hour",
+        predict="4/minute",
+        predict_tiers={"admin": "8/minute"},
+        predict_rows_per_day=100,
+        crypto="2/minute",
+        breaker_seconds=0.2,
+    )
+
+
+@asynccontextmanager
+async def running(
+    tmp_path: Path, redis_url: str, limits: RateLimitSettings, workers: int = 2
+) -> AsyncIterator[Stack]:
+    factory = TokenFactory(tmp_path)
+    settings = factory.settings(redis_url=redis_url, ratelimit=limits)
+    checks = Checks()
+    apps = [build(settings, checks) for _ in range(workers)]
+    async with AsyncExitStack() as stack:
+        for app in apps:
+            await stack.enter_async_context(app.router.lifespan_context(app))
+        yield Stack(apps, checks, factory)
+
+
+@pytest.fixture
+async def stack(
+    tmp_path: Path, redis_server: Any, limits: RateLimitSettings
+) -> AsyncIterator[Stack]:
+    async with running(tmp_path, redis_server.url, limits) as s:
+        yield s
+
+
+# -- login ------------------------------------------------------------------------------
+async def test_concurrent_logins_exactly_the_limit_reach_the_password_check(
+    stack: Stack,
+) -> None:
+    responses = await asyncio.gather(*(stack.login(username=f"bob{i}") for i in range(30)))
+    assert sorted(r.status_code for r in responses) == [401] * 5 + [429] * 25
+    assert stack.checks.passwords == 5
+    refused = [r for r in responses if r.status_code == 429]
+    for response in refused:
+        assert int(response.headers["retry-after"]) >= 1
+        assert response.headers["content-type"] == "application/json"
+        assert "detail" in response.json()
+
+
+async def test_login_budget_is_per_client_ip_and_ignores_forwarded_for(stack: Stack) -> None:
+    users = (f"user{i}" for i in range(100))
+    for i in range(5):
+        response = await stack.login(
+            next(users), ip="127.0.0.2", headers={"x-forwarded-for": f"10.0.0.{i}"}
+        )
+        assert response.status_code == 401
+        assert response.headers["ratelimit-limit"] == "5"
+        assert response.headers["ratelimit-remaining"] == str(4 - i)
+    forged = await stack.login(next(users), ip="127.0.0.2", headers={"x-forwarded-for": "1.2.3.4"})
+    assert forged.status_code == 429
+    assert stack.checks.passwords == 5
+    other = await stack.login(next(users), password=PASSWORD, ip="127.0.0.3")
+    assert other.status_code == 200
+    assert other.headers["ratelimit-remaining"] == "4"
+    assert int(other.headers["ratelimit-reset"]) >= 1
+    assert stack.checks.passwords == 6
+
+
+async def test_user_name_failure_budget_locks_that_name_from_every_client(stack: Stack) -> None:
+    for ip in ("127.0.0.2", "127.0.0.3", "127.0.0.4"):
+        assert (await stack.login("carol", ip=ip)).status_code == 401
+    locked = await stack.login("carol", password=PASSWORD, ip="127.0.0.5")
+    assert locked.status_code == 429
+    assert "failed sign-ins" in locked.json()["detail"]
+    assert int(locked.headers["retry-after"]) > 60
+    assert stack.checks.passwords == 3  # the right password never reached the check
+    # Successes do not count as failures; other names are unaffected.
+    for ip in ("127.0.0.6", "127.0.0.7", "127.0.0.8", "127.0.0.9"):
+        assert (await stack.login("dave", password=PASSWORD, ip=ip)).status_code == 200
+
+
+# -- per-subject limits -------------------------------------------------------------------
+async def test_subject_limit_is_exact_across_workers(stack: Stack) -> None:
+    token = stack.factory.mint("erin")
+    responses = await asyncio.gather(*(stack.predict(token) for _ in range(12)))
+    assert sorted(r.status_code for r in responses) == [200] * 4 + [429] * 8
+    for response in responses:
+        assert response.headers["ratelimit-limit"] == "4"
+        if response.status_code == 429:
+            # The window started just now: the next request fits when it has ended.
+            assert 50 <= int(response.headers["retry-after"]) <= 61
+            assert response.headers["ratelimit-remaining"] == "0"
+    # Another subject has its own budget; the admin tier has a larger one.
+    assert (await stack.predict(stack.factory.mint("frank"))).status_code == 200
+    admin = stack.factory.mint("root", role="admin")
+    admin_statuses = [(await stack.predict(admin)).status_code for _ in range(9)]
+    assert admin_statuses == [200] * 8 + [429]
+
+
+async def test_crypto_limit_and_token_required(stack: Stack) -> None:
+    async with stack.client() as c:
+        assert (await c.post("/crypto/encrypt")).status_code == 401
+        headers = {"authorization": f"Bearer {stack.factory.mint('gina')}"}
+        statuses = [
+            (await c.post("/crypto/encrypt", headers=headers)).status_code for _ in range(3)
+        ]
+    assert statuses == [200, 200, 429]
+
+
+async def test_daily_rows_quota_is_exact_and_refusals_cost_nothing(stack: Stack) -> None:
+    token = stack.factory.mint("hank", role="admin")  # 8 requests a minute: room to test rows
+    first = await stack.predict(token, rows=60)
+    assert first.status_code == 200
+    assert first.headers["x-quota-rows-limit"] == "100"
+    assert first.headers["x-quota-rows-remaining"] == "40"
+    assert first.headers["ratelimit-limit"] == "8"
+    refused = await stack.predict(token, rows=60)
+    assert refused.status_code == 429
+    assert refused.headers["x-quota-rows-remaining"] == "40"
+    assert "quota" in refused.json()["detail"]
+    assert (await stack.predict(token, rows=40)).status_code == 200
+    assert (await stack.predict(token, rows=1)).status_code == 429
+    assert stack.checks.predictions == 100
+    # A batch larger than the whole quota is refused for another subject too, not a 500.
+    assert (
+        await stack.predict(stack.factory.mint("hal", role="admin"), rows=101)
+    ).status_code == 429
+
+
+async def test_rows_quota_exact_under_concurrency(stack: Stack) -> None:
+    token = stack.factory.mint("ivan", role="admin")
+    responses = await asyncio.gather(*(stack.predict(token, rows=30) for _ in range(8)))
+    assert sorted(r.status_code for r in responses) == [200] * 3 + [429] * 5
+    assert stack.checks.predictions == 90
+
+
+# -- Redis outage -----------------------------------------------------------------------
+async def wait_ready(stack: Stack, worker: int, status: str) -> dict[str, Any]:
+    for _ in range(100):
+        body = await stack.ready(worker)
+        if body["checks"]["rate_limits"]["status"] == status:
+            return body
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"worker {worker} never reported rate_limits {status}: {body}")
+
+
+async def test_outage_refuses_login_falls_back_per_worker_and_recovers(
+    stack: Stack, redis_server: Any
+) -> None:
+    token = stack.factory.mint("judy")
+    assert (await stack.predict(token, worker=0)).status_code == 200  # shared: 3 left
+    redis_server.stop()
+
+    login = await stack.login("judy", password=PASSWORD)
+    assert login.status_code == 503
+    assert int(login.headers["retry-after"]) >= 1
+    assert stack.checks.passwords == 0
+
+    # Each worker now counts for itself: 4 a minute per worker, never a 500.
+    per_worker = []
+    for worker in (0, 1):
+        statuses = [(await stack.predict(token, worker=worker)).status_code for _ in range(6)]
+        per_worker.append(statuses)
+    assert per_worker == [[200] * 4 + [429] * 2] * 2
+    for worker in (0, 1):
+        body = await wait_ready(stack, worker, "degraded")
+        assert body["status"] == "degraded"
+        assert "per-worker" in body["checks"]["rate_limits"]["detail"]
+
+    redis_server.start()
+    for worker in (0, 1):
+        await wait_ready(stack, worker, "ok")
+    # Shared counting again: alternating workers, a fresh subject gets 4, not 4 per worker.
+    fresh = stack.factory.mint("judy2")
+    statuses = [(await stack.predict(fresh)).status_code for _ in range(6)]
+    assert statuses == [200] * 4 + [429] * 2
+    assert (await stack.login("judy", password=PASSWORD)).status_code == 200
+
+
+async def test_dead_redis_before_first_request_is_not_a_500(
+    tmp_path: Path, limits: RateLimitSettings
+) -> None:
+    # Nothing listens on this port: the stack starts with Redis already gone.
+    async with running(tmp_path, "redis://127.0.0.1:1/0", limits, workers=1) as stack:
+        assert (await stack.login()).status_code == 503
+        token = stack.factory.mint("kim")
+        statuses = [(await stack.predict(token)).status_code for _ in range(5)]
+        assert statuses == [200] * 4 + [429]
+        assert (await stack.ready(0))["checks"]["rate_limits"]["status"] == "degraded"
+
+
+@pytest.mark.parametrize(
+    ("window", "expected"),
+    [
+        # (previous, previous_ttl, current, current_ttl) -> (remaining, reset, retry)
+        ((0, 0.0, 0, 0.0), (10, 60.0, 0.0)),
+        ((0, 0.0, 3, 110.0), (7, 50.0, 0.0)),
+        # Full current window, 1 s old: wait for it to end, then a moment of decay.
+        ((0, 0.0, 10, 119.0), (0, 59.0, 59.0)),
+        # Previous window of 10 with 30 s left, current empty: weighs 5, fits now.
+        ((10, 30.0, 0, 90.0), (5, 30.0, 0.0)),
+        # Previous 10 with 54 s left plus current 5: weighs 9+5; fits once it weighs 4.
+        ((10, 54.0, 5, 114.0), (0, 54.0, 24.0)),
+    ],
+)
+def test_sliding_window_times(
+    window: tuple[int, float, int, float], expected: tuple[int, float, float]
+) -> None:
+    remaining, reset, retry = _sliding_window_times(10, 60, 1, *window)
+    assert (remaining, reset, retry) == pytest.approx(expected)
+
+
+# -- settings ------------------------------------------------------------------------------
+@pytest.mark.parametrize("bad", ["five per minute", "5/fortnight", "5/minute;10/hour", ""])
+def test_malformed_limits_are_refused(bad: str) -> None:
+    with pytest.raises(ValidationError):
+        RateLimitSettings(login=bad)
+    with pytest.raises(ValidationError):
+        RateLimitSettings(predict_tiers={"admin": bad})
+
+
+def test_limits_read_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MG_RATELIMIT_LOGIN", "7 per 2 minutes")
+    monkeypatch.setenv("MG_RATELIMIT_PREDICT_TIERS", '{"user": "20/minute"}')
+    monkeypatch.setenv("MG_RATELIMIT_PREDICT_ROWS_PER_DAY", "500")
+    settings = CommonSettings().ratelimit
+    assert settings.login == "7 per 2 minutes"
+    assert settings.predict_tiers == {"user": "20/minute"}
+    assert settings.predict_rows_per_day == 500
+    assert settings.crypto == "60/minute"
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    for name in ("LOGIN", "PREDICT", "PREDICT_TIERS", "CRYPTO", "PREDICT_ROWS_PER_DAY"):
+        monkeypatch.delenv(f"MG_RATELIMIT_{name}", raising=False)
+    yield
