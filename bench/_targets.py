@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import ssl
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -198,10 +199,86 @@ def mlserver(s: Settings, *, adaptive: bool) -> Iterator[Target]:
         server.stop()
 
 
+def profile_env() -> dict[str, str]:
+    """The benchmark profile (bench/profile.env) as a dict."""
+    values: dict[str, str] = {}
+    for line in (BENCH / "profile.env").read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            values[key.strip()] = value.strip()
+    return values
+
+
+def tls_context(s: Settings) -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=str(s.certs / "ca.pem"))
+
+
 @contextmanager
 def ceiling(s: Settings) -> Iterator[Target]:
-    raise BenchError("ceiling: not available yet")
-    yield
+    """The stack's runtime without any security, behind the stack's nginx config.
+
+    nginx is rendered from the same template with the same benchmark profile
+    into its own runtime folder, its inference upstream pointed at the ceiling
+    app; the ceiling app runs under the stack's gunicorn configuration.
+    """
+    var = WORK / "ceiling-var"
+    shutil.rmtree(var / "nginx", ignore_errors=True)
+    (var / "log").mkdir(parents=True, exist_ok=True)
+    port = s.ceiling_port
+    env = _env(
+        **profile_env(),
+        MG_VAR_DIR=str(var),
+        MG_INFERENCE_UPSTREAM=f"127.0.0.1:{port}",
+        MG_SERVICE="ceiling",
+        MG_CEILING_PORT=str(port),
+    )
+    subprocess.run(
+        [s.bin("modelgate"), "render-nginx"], env=env, check=True, stdout=subprocess.DEVNULL
+    )
+    app = Background(
+        "ceiling",
+        [s.bin("gunicorn"), "-c", str(ROOT / "deploy" / "gunicorn.conf.py"),
+         "--pythonpath", str(BENCH), "ceiling_app:create_app()"],
+        cwd=ROOT,
+        env=env,
+        log=WORK / "log" / "ceiling.log",
+    )  # fmt: skip
+    nginx: Background | None = None
+    try:
+        wait_http(f"http://127.0.0.1:{port}/health/ready", timeout=60, alive=app.alive)
+        nginx = Background(
+            "ceiling-nginx",
+            ["nginx", "-p", str(var / "nginx"), "-c", str(var / "nginx" / "nginx.conf"),
+             "-g", "daemon off;"],
+            cwd=ROOT,
+            env=env,
+            log=WORK / "log" / "ceiling-nginx.log",
+        )  # fmt: skip
+        wait_http(
+            f"https://localhost:{s.https_port}/healthz",
+            timeout=30,
+            verify=tls_context(s),
+            alive=nginx.alive,
+        )
+        yield Target(
+            "ceiling",
+            "insecure ceiling (same runtime)",
+            Load(f"https://localhost:{s.https_port}/v1/models/{s.model}/predict", "v1"),
+            [app.pid, nginx.pid],
+            {
+                "endpoint": f"POST /v1/models/{s.model}/predict",
+                "transport": "HTTPS via nginx",
+                "workers": int(os.environ.get("MG_WORKERS", "2")),
+            },
+        )
+    except BenchError:
+        sys.stderr.write(app.tail() + "\n" + (nginx.tail() if nginx else "") + "\n")
+        raise
+    finally:
+        if nginx is not None:
+            nginx.stop()
+        app.stop()
 
 
 @contextmanager

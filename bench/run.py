@@ -13,6 +13,7 @@ benchmark issue. Every server it starts, it stops.
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import time
@@ -24,6 +25,7 @@ from typing import Any
 
 import _report
 import _targets
+import psutil
 from _procs import BenchError
 from _targets import Settings, Target
 from _wrk import Client, measure
@@ -52,6 +54,32 @@ def _git_commit() -> str:
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=_targets.ROOT
     )
     return out.stdout.strip() or "?"
+
+
+def _prepare(s: Settings) -> None:
+    """The same defaults the Makefile exports, a stack-free start, and `modelgate init`."""
+    root = _targets.ROOT
+    for key, value in {
+        "MG_ROOT": root,
+        "MG_VENV": root / ".venv",
+        "MG_VAR_DIR": root / "var",
+        "MG_SECRETS_DIR": root / "secrets",
+        "MG_CERTS_DIR": root / "certs",
+        "MG_MODEL_STORE": root / "model_store",
+    }.items():
+        os.environ.setdefault(key, str(value))
+    pidfile = Path(os.environ["MG_VAR_DIR"]) / "run" / "supervisord.pid"
+    try:
+        running = pidfile.is_file() and psutil.pid_exists(int(pidfile.read_text().strip()))
+    except ValueError:
+        running = False
+    if running:
+        raise BenchError(
+            "a stack is already running from this folder; stop it (make down): the benchmark "
+            "starts its own stack with the benchmark profile, and the ceiling uses its ports"
+        )
+    # Certificates, secrets and the demo models, so that no timed start builds them.
+    subprocess.run([s.bin("modelgate"), "init"], check=True, stdout=subprocess.DEVNULL)
 
 
 def run(phases: list[str], client: Client, out: Path, s: Settings) -> int:
@@ -143,7 +171,9 @@ def main(argv: list[str] | None = None) -> int:
         client = Client(args.threads, args.connections, args.warmup, args.duration)
         out = args.out or _targets.BENCH / "results"
     try:
-        return run(phases, client, out, Settings())
+        s = Settings()
+        _prepare(s)
+        return run(phases, client, out, s)
     except BenchError as exc:
         print(f"[bench] failed: {exc}", file=sys.stderr)
         return 1
