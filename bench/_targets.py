@@ -8,16 +8,20 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import ssl
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 from _procs import Background, BenchError, wait_http
 from _wrk import Load
 
@@ -37,10 +41,14 @@ class Settings:
     certs: Path = field(
         default_factory=lambda: Path(os.environ.get("MG_CERTS_DIR", ROOT / "certs"))
     )
+    secrets: Path = field(
+        default_factory=lambda: Path(os.environ.get("MG_SECRETS_DIR", ROOT / "secrets"))
+    )
     model_store: Path = field(
         default_factory=lambda: Path(os.environ.get("MG_MODEL_STORE", ROOT / "model_store"))
     )
     model: str = field(default_factory=lambda: os.environ.get("BENCH_MODEL", "iris"))
+    users: int = field(default_factory=lambda: int(os.environ.get("BENCH_USERS", "100")))
 
     @property
     def seed_port(self) -> int:
@@ -256,7 +264,7 @@ def ceiling(s: Settings) -> Iterator[Target]:
             log=WORK / "log" / "ceiling-nginx.log",
         )  # fmt: skip
         wait_http(
-            f"https://localhost:{s.https_port}/healthz",
+            f"https://127.0.0.1:{s.https_port}/healthz",
             timeout=30,
             verify=tls_context(s),
             alive=nginx.alive,
@@ -264,7 +272,7 @@ def ceiling(s: Settings) -> Iterator[Target]:
         yield Target(
             "ceiling",
             "insecure ceiling (same runtime)",
-            Load(f"https://localhost:{s.https_port}/v1/models/{s.model}/predict", "v1"),
+            Load(f"https://127.0.0.1:{s.https_port}/v1/models/{s.model}/predict", "v1"),
             [app.pid, nginx.pid],
             {
                 "endpoint": f"POST /v1/models/{s.model}/predict",
@@ -281,7 +289,154 @@ def ceiling(s: Settings) -> Iterator[Target]:
         app.stop()
 
 
+# --- the full stack ---------------------------------------------------------------------------
+
+BENCH_USER_PREFIX = "bench-user-"
+# A loopback source address per few logins keeps every address under the
+# default login limit (5/minute per client address), whatever the profile says.
+LOGINS_PER_ADDRESS = 4
+
+
+def _make(target: str, log: Path) -> float:
+    """Run `make TARGET` from the project root; returns its wall time."""
+    start = time.monotonic()
+    with log.open("ab") as out:
+        proc = subprocess.run(
+            ["make", "--no-print-directory", target], cwd=ROOT, stdout=out, stderr=out
+        )
+    if proc.returncode != 0:
+        tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
+        raise BenchError(f"make {target} failed:\n{tail}")
+    return time.monotonic() - start
+
+
+def _supervisord_pid() -> int:
+    pidfile = Path(os.environ["MG_VAR_DIR"]) / "run" / "supervisord.pid"
+    return int(pidfile.read_text().strip())
+
+
+class Users:
+    """Benchmark users made through the admin API, and their access tokens."""
+
+    def __init__(self, s: Settings, count: int) -> None:
+        self.s = s
+        self.count = count
+        self.base = f"https://127.0.0.1:{s.https_port}"
+        self.tls = tls_context(s)
+        self.names = [f"{BENCH_USER_PREFIX}{i:04d}" for i in range(count)]
+        self._address = 0
+
+    def _client(self) -> httpx.Client:
+        """A client whose connections come from the next loopback address."""
+        self._address += 1
+        a, b = divmod(self._address, 250)
+        transport = httpx.HTTPTransport(verify=self.tls, local_address=f"127.0.{10 + a}.{b + 1}")
+        return httpx.Client(base_url=self.base, transport=transport, timeout=30)
+
+    def _login(self, client: httpx.Client, username: str, password: str) -> str:
+        r = client.post("/auth/token", data={"username": username, "password": password})
+        if r.status_code != 200:
+            raise BenchError(f"login of {username} answered {r.status_code}: {r.text[:200]}")
+        token: str = r.json()["access_token"]
+        return token
+
+    def admin_token(self) -> str:
+        password = (self.s.secrets / "admin_password").read_text().strip()
+        with self._client() as client:
+            return self._login(client, "admin", password)
+
+    def create(self, admin: str) -> dict[str, str]:
+        """Create (or reset) every benchmark user; returns name -> password."""
+        headers = {"Authorization": f"Bearer {admin}"}
+        passwords: dict[str, str] = {}
+
+        def one(name: str) -> None:
+            password = secrets.token_urlsafe(18)
+            with httpx.Client(base_url=self.base, verify=self.tls, timeout=30) as client:
+                r = client.post(
+                    "/auth/users",
+                    json={"username": name, "password": password, "role": "user"},
+                    headers=headers,
+                )
+                if r.status_code == 409:  # left by an interrupted run: reset its password
+                    r = client.patch(
+                        f"/auth/users/{name}", json={"password": password}, headers=headers
+                    )
+                if r.status_code not in (200, 201):
+                    raise BenchError(f"creating {name} answered {r.status_code}: {r.text[:200]}")
+            passwords[name] = password
+
+        with ThreadPoolExecutor(4) as pool:
+            list(pool.map(one, self.names))
+        return passwords
+
+    def tokens(self, passwords: dict[str, str]) -> list[str]:
+        names = list(passwords)
+        groups = [
+            names[i : i + LOGINS_PER_ADDRESS] for i in range(0, len(names), LOGINS_PER_ADDRESS)
+        ]
+        clients = [self._client() for _ in groups]
+
+        def login_group(k: int) -> list[str]:
+            with clients[k] as client:
+                return [self._login(client, n, passwords[n]) for n in groups[k]]
+
+        with ThreadPoolExecutor(4) as pool:
+            return [t for group in pool.map(login_group, range(len(groups))) for t in group]
+
+    def remove(self, admin: str) -> None:
+        headers = {"Authorization": f"Bearer {admin}"}
+        with httpx.Client(base_url=self.base, verify=self.tls, timeout=30) as client:
+            for name in self.names:
+                client.delete(f"/auth/users/{name}", headers=headers)
+
+
 @contextmanager
 def full_stack(s: Settings) -> Iterator[list[Target]]:
-    raise BenchError("full stack: not available yet")
-    yield
+    """The whole stack (`make bench-up`), many users, every security feature on."""
+    log = WORK / "log" / "stack.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    tokens_file = WORK / "tokens.txt"
+    up_s = _make("bench-up", log)
+    try:
+        people = Users(s, s.users)
+        t0 = time.monotonic()
+        admin = people.admin_token()
+        passwords = people.create(admin)
+        tokens = people.tokens(passwords)
+        setup_s = time.monotonic() - t0
+        tokens_file.touch(mode=0o600)
+        tokens_file.write_text("\n".join(tokens) + "\n")
+        info = {
+            "endpoint": f"POST /v1/models/{s.model}/predict",
+            "transport": "HTTPS via nginx",
+            "users": len(tokens),
+            "stack": {
+                "make_up_to_ready_s": round(up_s, 2),
+                "users_and_tokens_s": round(setup_s, 2),
+                "profile": profile_env(),
+            },
+        }
+        url = f"https://127.0.0.1:{s.https_port}/v1/models/{s.model}/predict"
+        roots = [_supervisord_pid()]
+        yield [
+            Target("full", "modelgate (full stack)", Load(url, "v1", 1, tokens_file), roots, info),
+            Target(
+                "batch-100",
+                "modelgate batch, 100 rows",
+                Load(url, "v1", 100, tokens_file),
+                roots,
+                {**info, "stack": None},
+            ),
+            Target(
+                "batch-1000",
+                "modelgate batch, 1000 rows",
+                Load(url, "v1", 1000, tokens_file),
+                roots,
+                {**info, "stack": None},
+            ),
+        ]
+        people.remove(people.admin_token())
+    finally:
+        tokens_file.unlink(missing_ok=True)
+        _make("down", log)

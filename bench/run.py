@@ -31,8 +31,8 @@ from _targets import Settings, Target
 from _wrk import Client, measure
 
 PHASES = ("seed", "mlserver", "mlserver-adaptive", "ceiling", "full")
-# ceiling and full join the default once the inference service has landed.
-DEFAULT_PHASES = ("seed", "mlserver", "mlserver-adaptive")
+# full joins the default once the auth service has landed.
+DEFAULT_PHASES = ("seed", "mlserver", "mlserver-adaptive", "ceiling")
 
 
 def _phase(name: str, s: Settings) -> AbstractContextManager[Target | list[Target]]:
@@ -158,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--smoke", action="store_true", help="short runs (1 s warm-up, 3 s, 16 connections)"
     )
+    parser.add_argument("--users", type=int, default=None, help="distinct users (default 100)")
     parser.add_argument("--out", type=Path, default=None, help="results folder")
     args = parser.parse_args(argv)
     phases = [p.strip() for p in args.only.split(",") if p.strip()]
@@ -172,6 +173,8 @@ def main(argv: list[str] | None = None) -> int:
         out = args.out or _targets.BENCH / "results"
     try:
         s = Settings()
+        if args.users:
+            s.users = args.users
         _prepare(s)
         return run(phases, client, out, s)
     except BenchError as exc:
