@@ -122,6 +122,10 @@ bench-deps: venv system-deps $(BENCH_MLSERVER_VENV)/.installed
 bench: bench-deps ## Benchmark the stack against the seed app, the insecure ceiling and MLServer (BENCH_ARGS=--help)
 	@$(PY) bench/run.py $(BENCH_ARGS)
 
+.PHONY: bench-smoke
+bench-smoke: bench-deps ## A short benchmark (seed, ceiling, full stack; 3 s runs) that fails on any non-2xx
+	@$(PY) bench/run.py --smoke --only seed,ceiling,full --users 8
+
 .PHONY: bench-up
 bench-up: venv system-deps ## Start the native stack with the benchmark profile (limits raised, still checked)
 	@set -a && . bench/profile.env && set +a && deploy/stack.sh up

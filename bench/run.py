@@ -82,7 +82,7 @@ def _prepare(s: Settings) -> None:
     subprocess.run([s.bin("modelgate"), "init"], check=True, stdout=subprocess.DEVNULL)
 
 
-def run(phases: list[str], client: Client, out: Path, s: Settings) -> int:
+def run(phases: list[str], client: Client, out: Path, s: Settings, strict: bool = False) -> int:
     started = datetime.now(UTC)
     doc: dict[str, Any] = {
         "started": started.isoformat(timespec="seconds"),
@@ -141,6 +141,10 @@ def run(phases: list[str], client: Client, out: Path, s: Settings) -> int:
     _report.write_json(out / "latest.json", doc)
     _report.chart(out / "latest.png", doc)
     print(f"\nwrote {out / 'latest.json'} and {out / 'latest.png'}")
+    failed = [k for k, v in runs.items() if v["non2xx"] or v["socket_errors"]]
+    if failed and strict:
+        print(f"[bench] failed: non-2xx responses or socket errors in {', '.join(failed)}")
+        return 1
     return 0
 
 
@@ -156,7 +160,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=5, help="seconds of warm-up per run")
     parser.add_argument("--duration", type=int, default=20, help="seconds measured per run")
     parser.add_argument(
-        "--smoke", action="store_true", help="short runs (1 s warm-up, 3 s, 16 connections)"
+        "--smoke",
+        action="store_true",
+        help="short runs (1 s warm-up, 3 s, 16 connections) into bench/.work/smoke; "
+        "fails on any non-2xx response",
     )
     parser.add_argument("--users", type=int, default=None, help="distinct users (default 100)")
     parser.add_argument("--out", type=Path, default=None, help="results folder")
@@ -176,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.users:
             s.users = args.users
         _prepare(s)
-        return run(phases, client, out, s)
+        return run(phases, client, out, s, strict=args.smoke)
     except BenchError as exc:
         print(f"[bench] failed: {exc}", file=sys.stderr)
         return 1
