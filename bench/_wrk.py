@@ -59,7 +59,7 @@ def wrk_version() -> str:
     return out.split("[")[0].strip() or "wrk"
 
 
-def _once(client: Client, load: Load, seconds: int, roots: Iterable[int]) -> dict[str, Any]:
+def once(client: Client, load: Load, seconds: int, roots: Iterable[int]) -> dict[str, Any]:
     env = dict(os.environ)
     env.update(
         BENCH_FORMAT=load.body,
@@ -105,8 +105,8 @@ def _once(client: Client, load: Load, seconds: int, roots: Iterable[int]) -> dic
 def measure(client: Client, load: Load, roots: Iterable[int]) -> dict[str, Any]:
     """A warm-up run (reported, not scored), then the measured run."""
     roots = list(roots)
-    warm = _once(client, load, client.warmup_s, roots) if client.warmup_s > 0 else None
-    result = _once(client, load, client.duration_s, roots)
+    warm = once(client, load, client.warmup_s, roots) if client.warmup_s > 0 else None
+    result = once(client, load, client.duration_s, roots)
     result["rows_per_request"] = load.rows
     if warm is not None:
         result["warmup"] = {

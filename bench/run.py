@@ -23,12 +23,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import _profile
 import _report
 import _targets
 import psutil
 from _procs import BenchError
 from _targets import Settings, Target
-from _wrk import Client, measure
+from _wrk import Client, measure, once
 
 PHASES = ("seed", "mlserver", "mlserver-adaptive", "ceiling", "full")
 # full joins the default once the auth service has landed.
@@ -82,7 +83,34 @@ def _prepare(s: Settings) -> None:
     subprocess.run([s.bin("modelgate"), "init"], check=True, stdout=subprocess.DEVNULL)
 
 
-def run(phases: list[str], client: Client, out: Path, s: Settings, strict: bool = False) -> int:
+def _profile_run(client: Client, target: Target) -> dict[str, Any]:
+    """An extra, unscored load run with py-spy sampling every Python worker."""
+    roles = ("inference",) if target.name in ("full", "batch-100", "batch-1000") else (target.name,)
+    pids = _profile.python_workers(target.roots, roles)
+    folder = _targets.WORK / "profile" / target.name
+    for old in folder.glob("*.txt"):
+        old.unlink()
+    spies = _profile.start(
+        _targets.MLSERVER_VENV / "bin" / "py-spy", pids, client.duration_s, folder
+    )
+    once(client, target.load, client.duration_s + 1, target.roots)
+    for spy in spies:
+        spy.wait(60)
+    summary = _profile.summarize(sorted(folder.glob("*.txt")))
+    summary["workers"] = pids
+    print(f"[bench] profile of {target.name} ({', '.join(roles)} workers):")
+    print(_profile.render(summary))
+    return summary
+
+
+def run(
+    phases: list[str],
+    client: Client,
+    out: Path,
+    s: Settings,
+    strict: bool = False,
+    profile: frozenset[str] = frozenset(),
+) -> int:
     started = datetime.now(UTC)
     doc: dict[str, Any] = {
         "started": started.isoformat(timespec="seconds"),
@@ -110,6 +138,8 @@ def run(phases: list[str], client: Client, out: Path, s: Settings, strict: bool 
                 result = measure(client, target.load, target.roots)
                 result.update(target.info.pop("result", {}))
                 runs[target.name] = result
+                if target.name in profile:
+                    doc.setdefault("profiles", {})[target.name] = _profile_run(client, target)
                 doc["titles"][target.name] = target.title
                 doc["targets"][target.name] = target.info
                 log(
@@ -166,6 +196,12 @@ def main(argv: list[str] | None = None) -> int:
         "fails on any non-2xx response",
     )
     parser.add_argument("--users", type=int, default=None, help="distinct users (default 100)")
+    parser.add_argument(
+        "--profile",
+        default="",
+        help="comma list of targets (full, ceiling, batch-1000, ...) to profile with py-spy "
+        "in an extra, unscored run",
+    )
     parser.add_argument("--out", type=Path, default=None, help="results folder")
     args = parser.parse_args(argv)
     phases = [p.strip() for p in args.only.split(",") if p.strip()]
@@ -183,7 +219,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.users:
             s.users = args.users
         _prepare(s)
-        return run(phases, client, out, s, strict=args.smoke)
+        profile = frozenset(p.strip() for p in args.profile.split(",") if p.strip())
+        return run(phases, client, out, s, strict=args.smoke, profile=profile)
     except BenchError as exc:
         print(f"[bench] failed: {exc}", file=sys.stderr)
         return 1
