@@ -18,6 +18,7 @@ from ._files import write_private, write_public
 from ._health import CheckResult, HealthChecks
 from ._logging import audit, configure_logging, request_id_var
 from ._ratelimit import (
+    PredictionLimits,
     RateLimitHeadersMiddleware,
     RowsQuota,
     SharedRateLimiter,
@@ -56,6 +57,7 @@ __all__ = [
     "JsonResponse",
     "KeySet",
     "NotFound",
+    "PredictionLimits",
     "Principal",
     "RateLimitHeadersMiddleware",
     "RateLimitSettings",

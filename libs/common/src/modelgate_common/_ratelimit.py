@@ -33,11 +33,12 @@ import logging
 import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Literal
 
 import redis.asyncio as aioredis
-from fastapi import Request, Security
+from fastapi import FastAPI, Request, Security
 from limits import RateLimitItem, parse
 from limits.aio.storage import MemoryStorage, RedisStorage, Storage
 from limits.aio.strategies import (
@@ -68,7 +69,15 @@ _SERVICE: dict[Policy, str] = {
     "predict_rows": "inference",
     "crypto": "crypto",
 }
-_HEADERS_STATE = "ratelimit_headers"
+# The response headers of the request being served: the middleware puts a fresh dict
+# here per request, every check adds to it (child tasks share the same dict).
+_response_headers: ContextVar[dict[str, str] | None] = ContextVar("ratelimit_headers", default=None)
+
+
+def _tell_client(headers: dict[str, str]) -> None:
+    holder = _response_headers.get()
+    if holder is not None:
+        holder.update(headers)
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,6 +277,7 @@ class SharedRateLimiter:
             )
             error.headers.update(verdict.headers())
             raise error
+        _tell_client(verdict.headers())
         return verdict
 
     async def record_login_failure(self, username: str) -> None:
@@ -280,6 +290,7 @@ class SharedRateLimiter:
         verdict = await self.hit(policy, principal.subject, principal.role)
         if not verdict.allowed:
             raise verdict.refusal("rate limit exceeded; retry later")
+        _tell_client(verdict.headers())
         return verdict
 
     async def charge_rows(self, principal: Principal, rows: int) -> Verdict:
@@ -292,6 +303,7 @@ class SharedRateLimiter:
             )
             error.headers.update(_quota_headers(verdict))
             raise error
+        _tell_client(_quota_headers(verdict))
         return verdict
 
     def _retry_after(self) -> int:
@@ -404,10 +416,6 @@ def _limiter(request: Request) -> SharedRateLimiter:
     return limiter
 
 
-def _set_headers(request: Request, verdict: Verdict) -> None:
-    request.state.ratelimit_headers = verdict.headers()
-
-
 async def login_rate_limit(request: Request) -> AsyncIterator[None]:
     """Dependency of the password grant: the client IP's budget and the user name's
     failure budget are checked before the route runs (so a refused attempt never
@@ -417,8 +425,7 @@ async def login_rate_limit(request: Request) -> AsyncIterator[None]:
     username = form.get("username")
     username = username if isinstance(username, str) else ""
     limiter = _limiter(request)
-    verdict = await limiter.check_login(get_remote_address(request), username)
-    _set_headers(request, verdict)
+    await limiter.check_login(get_remote_address(request), username)
     try:
         yield
     except Unauthorized:
@@ -433,12 +440,9 @@ class RowsQuota:
 
     limiter: SharedRateLimiter
     principal: Principal
-    request: Request
 
     async def charge(self, rows: int) -> None:
-        verdict = await self.limiter.charge_rows(self.principal, rows)
-        headers = getattr(self.request.state, _HEADERS_STATE, None) or {}
-        self.request.state.ratelimit_headers = headers | _quota_headers(verdict)
+        await self.limiter.charge_rows(self.principal, rows)
 
 
 def rate_limit(
@@ -456,17 +460,33 @@ def rate_limit(
 
     async def dependency(request: Request, principal: Principal = authenticated) -> RowsQuota:
         limiter = _limiter(request)
-        verdict = await limiter.check_subject(policy, principal)
-        _set_headers(request, verdict)
-        return RowsQuota(limiter, principal, request)
+        await limiter.check_subject(policy, principal)
+        return RowsQuota(limiter, principal)
 
     dependency.__name__ = f"{policy}_rate_limit"
     return dependency
 
 
+class PredictionLimits:
+    """The per-subject predict limit and daily rows quota, in the shape of the inference
+    service's ``PredictionGate`` seam (``check_request`` once the token is verified,
+    ``check_rows`` once the batch size is known)."""
+
+    def __init__(self, app: FastAPI) -> None:
+        self.app = app  # the limiter itself is created by the lifespan
+
+    async def check_request(self, principal: Principal, endpoint: str) -> None:
+        limiter: SharedRateLimiter = self.app.state.ratelimiter
+        await limiter.check_subject("predict", principal)
+
+    async def check_rows(self, principal: Principal, rows: int) -> None:
+        limiter: SharedRateLimiter = self.app.state.ratelimiter
+        await limiter.charge_rows(principal, rows)
+
+
 class RateLimitHeadersMiddleware:
-    """Adds the ``RateLimit-*`` headers a limit dependency left in the request state,
-    whatever response class the route returned."""
+    """Adds the ``RateLimit-*`` (and rows quota) headers the checks of this request
+    recorded, whatever response class the route returned."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -475,21 +495,21 @@ class RateLimitHeadersMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        state = scope.setdefault("state", {})
+        holder: dict[str, str] = {}
+        token = _response_headers.set(holder)
 
         async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                extra = state.get(_HEADERS_STATE)
-                if extra:
-                    present = {name.lower() for name, _ in message.get("headers", [])}
-                    message["headers"] = [
-                        *message.get("headers", []),
-                        *(
-                            (k.lower().encode(), v.encode())
-                            for k, v in extra.items()
-                            if k.lower().encode() not in present
-                        ),
-                    ]
+            if message["type"] == "http.response.start" and holder:
+                headers = list(message.get("headers", []))
+                present = {name.lower() for name, _ in headers}
+                for name, value in holder.items():
+                    key = name.lower().encode("latin-1")
+                    if key not in present:
+                        headers.append((key, value.encode("latin-1")))
+                message["headers"] = headers
             await send(message)
 
-        await self.app(scope, receive, send_with_headers)
+        try:
+            await self.app(scope, receive, send_with_headers)
+        finally:
+            _response_headers.reset(token)

@@ -14,7 +14,18 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from jose import jwk, jwt
 
 from ._security import ADMIN_SCOPES, USER_SCOPES
-from ._settings import CommonSettings
+from ._settings import CommonSettings, RateLimitSettings
+
+# In-process tests make many requests as one subject from one address: limits that
+# never trigger, still checked on every request. A test of the limits passes its own.
+GENEROUS_LIMITS = RateLimitSettings(
+    login="100000/minute",
+    login_failures="100000/hour",
+    predict="100000/minute",
+    predict_tiers={},
+    predict_rows_per_day=1_000_000_000,
+    crypto="100000/minute",
+)
 
 
 class TokenFactory:
@@ -39,7 +50,11 @@ class TokenFactory:
         self.jwks_path.write_text(json.dumps({"keys": [public_jwk]}))
 
     def settings(self, **overrides: Any) -> CommonSettings:
-        values: dict[str, Any] = {"jwks_file": self.jwks_path, "environment": "development"}
+        values: dict[str, Any] = {
+            "jwks_file": self.jwks_path,
+            "environment": "development",
+            "ratelimit": GENEROUS_LIMITS,
+        }
         values.update(overrides)
         return CommonSettings(**values)
 

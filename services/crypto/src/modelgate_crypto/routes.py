@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request, Security
-from modelgate_common import Principal, authenticate, error_responses
+from modelgate_common import Principal, SharedRateLimiter, authenticate, error_responses
 
 from .schemas import (
     DecryptRequest,
@@ -23,12 +23,14 @@ Rotator = Annotated[Principal, Security(authenticate, scopes=["crypto:encrypt", 
 
 
 async def crypto_rate_limit(request: Request) -> None:
-    """Seam for the per-subject crypto rate limit (issue 6; 60/minute by default).
+    """The per-subject crypto rate limit (60/minute by default, MG_RATELIMIT_CRYPTO).
 
     Declared after the principal in every crypto route, so it runs once the caller is
     authenticated and ``request.state.principal`` is set; it raises ``TooManyRequests``
-    to refuse. Until the limiter lands it lets everything through.
+    to refuse.
     """
+    limiter: SharedRateLimiter = request.app.state.ratelimiter
+    await limiter.check_subject("crypto", request.state.principal)
 
 
 RateLimited = Annotated[None, Depends(crypto_rate_limit)]

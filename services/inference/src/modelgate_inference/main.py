@@ -11,6 +11,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from modelgate_common import (
     JsonResponse,
+    PredictionLimits,
     ServiceError,
     configure_logging,
     create_service_app,
@@ -21,7 +22,7 @@ from starlette.responses import Response
 
 from .config import InferenceSettings
 from .routes import router
-from .service import ModelRegistry, OpenGate, PredictionGate, VersionSync
+from .service import ModelRegistry, PredictionGate, VersionSync
 
 
 def create_app(
@@ -62,7 +63,7 @@ def create_app(
         title="modelgate inference", settings=settings.common, lifespan=lifespan, routers=[router]
     )
     app.state.settings = settings
-    app.state.prediction_gate = prediction_gate or OpenGate()
+    app.state.prediction_gate = prediction_gate or PredictionLimits(app)
     _add_protocol_error_field(app)
     return app
 
