@@ -214,7 +214,10 @@ def profile_env() -> dict[str, str]:
         line = line.strip()
         if line and not line.startswith("#"):
             key, _, value = line.partition("=")
-            values[key.strip()] = value.strip()
+            value = value.strip()
+            if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+                value = value[1:-1]  # quoted as the shell that sources the file reads it
+            values[key.strip()] = value
     return values
 
 
