@@ -256,3 +256,27 @@ def chart(path: Path, doc: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def markdown(doc: dict[str, Any]) -> str:
+    """The results as a Markdown table (for the README)."""
+    runs: dict[str, dict[str, Any]] = doc["runs"]
+    titles: dict[str, str] = doc["titles"]
+    out = [
+        "| target | requests/s | rows/s | p50 ms | p95 ms | p99 ms | non-2xx | server CPU % "
+        "| RSS MB |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, run in runs.items():
+        lat, use = run["latency_ms"], run["usage"]
+        out.append(
+            f"| {titles.get(name, name)} | {run['rps']:,.0f} | {run['rows_per_s']:,.0f} "
+            f"| {lat['p50']:.1f} | {lat['p95']:.1f} | {lat['p99']:.1f} "
+            f"| {run['non2xx'] + run['socket_errors']} | {use['server_cpu_percent']:.0f} "
+            f"| {use['total_rss_mb_peak']:.0f} |"
+        )
+    mark = {True: "met", False: "**missed**", None: "n/a"}
+    out += ["", "| goal | target | measured | |", "|---|---|---|---|"]
+    for g in doc.get("goals", []):
+        out.append(f"| {g['goal']} | {g['target']} | {g['measured']} | {mark[g['met']]} |")
+    return "\n".join(out)

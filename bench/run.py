@@ -13,6 +13,7 @@ benchmark issue. Every server it starts, it stops.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -203,7 +204,17 @@ def main(argv: list[str] | None = None) -> int:
         "in an extra, unscored run",
     )
     parser.add_argument("--out", type=Path, default=None, help="results folder")
+    parser.add_argument(
+        "--markdown",
+        type=Path,
+        default=None,
+        metavar="JSON",
+        help="print the results in JSON (e.g. bench/results/latest.json) as Markdown; runs nothing",
+    )
     args = parser.parse_args(argv)
+    if args.markdown:
+        print(_report.markdown(json.loads(args.markdown.read_text())))
+        return 0
     phases = [p.strip() for p in args.only.split(",") if p.strip()]
     unknown = [p for p in phases if p not in PHASES]
     if unknown:
