@@ -150,12 +150,12 @@ def run(
                 )
         log(f"{phase}: done in {time.monotonic() - t0:.0f} s")
     doc["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
-    doc["ratios"] = _report.ratios(runs)
-    doc["goals"] = _report.goals(runs, doc["ratios"], client.connections)
     for name, target_info in doc["targets"].items():
         stack = target_info.get("stack")
         if stack:
             runs[name]["stack"] = stack
+    doc["ratios"] = _report.ratios(runs)
+    doc["goals"] = _report.goals(runs, doc["ratios"], client.connections)
 
     print()
     print(_report.table(runs, doc["titles"]))
