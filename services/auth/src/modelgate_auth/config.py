@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from modelgate_common import CommonSettings
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -11,3 +13,59 @@ class AuthSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MG_AUTH_", extra="ignore")
 
     common: CommonSettings = Field(default_factory=CommonSettings)
+
+    database_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL of the user database; default a SQLite file "
+        "var_dir/data/users.db",
+    )
+    access_token_ttl: int = Field(
+        default=900, ge=60, le=86_400, description="access token life, seconds"
+    )
+    refresh_token_ttl: int = Field(
+        default=7 * 86_400, ge=300, le=90 * 86_400, description="refresh token life, seconds"
+    )
+    admin_password_file: Path | None = Field(
+        default=None,
+        description="password of the first admin (`admin`), read once when no admin exists; "
+        "default secrets_dir/admin_password",
+    )
+    jwt_keys_dir: Path | None = Field(
+        default=None,
+        description="private RS256 signing keys, one <kid>.pem each; default secrets_dir/jwt",
+    )
+    jwt_key_bits: int = Field(
+        default=2048, ge=2048, le=4096, description="size of new RSA signing keys"
+    )
+    argon2_time_cost: int = Field(default=3, ge=1, le=20, description="argon2id passes")
+    argon2_memory_kib: int = Field(
+        default=65_536, ge=1024, le=1_048_576, description="argon2id memory per hash, KiB"
+    )
+    argon2_parallelism: int = Field(default=4, ge=1, le=16, description="argon2id lanes")
+    argon2_concurrency: int = Field(
+        default=2,
+        ge=1,
+        le=64,
+        description="password hashes computed at once per worker (memory bound)",
+    )
+    revocation_sync_interval: float = Field(
+        default=2.0,
+        gt=0,
+        le=300,
+        description="seconds between pushes of persisted revocations into Redis (after a Redis "
+        "restart or outage, and for revocations made by the CLI)",
+    )
+
+    @property
+    def database(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.common.var_dir / 'data' / 'users.db').resolve()}"
+
+    @property
+    def admin_password_path(self) -> Path:
+        return self.admin_password_file or self.common.secrets_dir / "admin_password"
+
+    @property
+    def jwt_keys_path(self) -> Path:
+        return self.jwt_keys_dir or self.common.secrets_dir / "jwt"

@@ -1,0 +1,153 @@
+"""Revocations: written to the database in the same transaction as the change that
+caused them, then pushed to Redis, where every service's verifier looks.
+
+The database copy is what makes a revocation outlive a Redis restart: each
+worker pushes revocations it has not pushed yet every few seconds (so those
+made by the CLI or during a Redis outage arrive too), and pushes all live ones
+again whenever Redis has lost its marker key (a restart without persistence).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import redis
+import redis.asyncio as aioredis
+from modelgate_common import revoked_jti_key, revoked_subject_key
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from .db import Revocation
+
+log = logging.getLogger("modelgate.auth.revocation")
+
+SYNC_MARKER = "mg:auth:revocations-synced"
+
+
+@dataclass(frozen=True, slots=True)
+class PendingRevocation:
+    key: str
+    value: str
+    expires_at: int
+
+
+def revoke_jti(session: Session, jti: str, expires_at: int) -> PendingRevocation:
+    """Revoke one access token until it would have expired anyway."""
+    return _add(session, PendingRevocation(revoked_jti_key(jti), "1", expires_at))
+
+
+def revoke_subject(
+    session: Session, subject: str, cutoff: int, expires_at: int
+) -> PendingRevocation:
+    """Revoke every token of ``subject`` issued at or before ``cutoff``."""
+    return _add(session, PendingRevocation(revoked_subject_key(subject), str(cutoff), expires_at))
+
+
+def _add(session: Session, item: PendingRevocation) -> PendingRevocation:
+    session.add(Revocation(key=item.key, value=item.value, expires_at=item.expires_at))
+    return item
+
+
+def live_subject_cutoff(session: Session, subject: str, now: int) -> int:
+    """The latest live subject cutoff (0 when none): a re-created user name must not
+    inherit, nor be caught by, the revocation of a deleted namesake."""
+    values = session.scalars(
+        select(Revocation.value).where(
+            Revocation.key == revoked_subject_key(subject), Revocation.expires_at > now
+        )
+    ).all()
+    return max((int(v) for v in values), default=0)
+
+
+class RevocationPublisher:
+    def __init__(self, redis_client: aioredis.Redis, sessions: sessionmaker[Session]) -> None:
+        self.redis = redis_client
+        self.sessions = sessions
+        self._pushed_up_to = 0  # highest database id known to be in Redis
+
+    async def push(self, items: Iterable[PendingRevocation]) -> bool:
+        """Push now (best effort: the periodic sync retries what fails)."""
+        items = list(items)
+        if not items:
+            return True
+        try:
+            await _push_async(self.redis, items)
+        except (redis.RedisError, OSError) as exc:
+            log.warning("revocation not pushed yet", extra={"reason": type(exc).__name__})
+            return False
+        return True
+
+    def _rows_after(self, after_id: int) -> list[tuple[int, PendingRevocation]]:
+        now = int(time.time())
+        with self.sessions() as session:
+            rows = session.execute(
+                select(Revocation.id, Revocation.key, Revocation.value, Revocation.expires_at)
+                .where(Revocation.id > after_id, Revocation.expires_at > now)
+                .order_by(Revocation.id)
+            ).all()
+            return [(r[0], PendingRevocation(r[1], r[2], r[3])) for r in rows]
+
+    def prune(self) -> int:
+        """Delete revocations whose tokens have all expired."""
+        with self.sessions.begin() as session:
+            result = session.execute(
+                delete(Revocation).where(Revocation.expires_at <= int(time.time()))
+            )
+            return int(getattr(result, "rowcount", 0) or 0)
+
+    async def sync(self) -> int:
+        """Push what Redis may lack; return how many revocations were pushed."""
+        try:
+            full = not await self.redis.exists(SYNC_MARKER)
+        except (redis.RedisError, OSError):
+            return 0
+        after = 0 if full else self._pushed_up_to
+        rows = await asyncio.to_thread(self._rows_after, after)
+        try:
+            await _push_async(self.redis, [item for _, item in rows])
+            if full:
+                await self.redis.set(SYNC_MARKER, str(int(time.time())))
+        except (redis.RedisError, OSError) as exc:
+            log.warning("revocation sync failed", extra={"reason": type(exc).__name__})
+            return 0
+        if rows:
+            self._pushed_up_to = max(self._pushed_up_to, rows[-1][0])
+        if full:
+            log.info("revocations pushed to redis", extra={"count": len(rows)})
+        return len(rows)
+
+    async def run(self, interval: float) -> None:
+        while True:
+            await self.sync()
+            await asyncio.sleep(interval)
+
+
+async def _push_async(client: aioredis.Redis, items: list[PendingRevocation]) -> None:
+    now = int(time.time())
+    live = [item for item in items if item.expires_at > now]
+    if not live:
+        return
+    async with client.pipeline(transaction=False) as pipe:
+        for item in live:
+            pipe.set(item.key, item.value, exat=item.expires_at)
+        await pipe.execute()
+
+
+def push_sync(client: redis.Redis, items: Iterable[PendingRevocation]) -> bool:
+    """The CLI's immediate push (the running service's sync would also deliver it)."""
+    now = int(time.time())
+    live = [item for item in items if item.expires_at > now]
+    if not live:
+        return True
+    try:
+        with client.pipeline(transaction=False) as pipe:
+            for item in live:
+                pipe.set(item.key, item.value, exat=item.expires_at)
+            pipe.execute()
+    except (redis.RedisError, OSError):
+        return False
+    return True

@@ -1,0 +1,460 @@
+"""The auth service's logic: users, password grant, refresh rotation, logout,
+revocation. Plain synchronous calls on the database (no HTTP); the routes run
+them in a thread pool, and the CLI calls them directly.
+
+Revocations each call makes are returned (or carried by the error) so the
+caller can push them to Redis at once; they are already in the database.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from jose import jwt
+from modelgate_common import (
+    ADMIN_SCOPES,
+    ALGORITHM,
+    USER_SCOPES,
+    BadRequest,
+    CommonSettings,
+    Conflict,
+    Forbidden,
+    NotFound,
+    Unauthorized,
+    audit,
+)
+from sqlalchemy import Engine, func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from .db import RefreshFamily, RefreshToken, User
+from .keys import Signer
+from .passwords import Passwords
+from .revocation import PendingRevocation, live_subject_cutoff, revoke_jti, revoke_subject
+from .schemas import (
+    PASSWORD_MAX,
+    PASSWORD_MIN,
+    UserCreate,
+    UserUpdate,
+    is_valid_username,
+)
+
+log = logging.getLogger("modelgate.auth")
+
+BAD_CREDENTIALS = "incorrect username or password"
+BAD_REFRESH = "refresh token is invalid, expired or revoked"
+
+
+class InvalidCredentials(Unauthorized):
+    def __init__(self) -> None:
+        # One body for unknown user, wrong password and disabled user.
+        super().__init__(BAD_CREDENTIALS, error="")
+
+
+class RefreshRejected(Unauthorized):
+    def __init__(self, revocations: Sequence[PendingRevocation] = ()) -> None:
+        super().__init__(BAD_REFRESH, error="")
+        self.revocations = list(revocations)
+
+
+@dataclass(frozen=True, slots=True)
+class TokenPair:
+    access_token: str
+    refresh_token: str
+    expires_in: int
+    scope: str
+    subject: str
+    jti: str
+
+
+@dataclass(slots=True)
+class Outcome:
+    """A change and the revocations it caused."""
+
+    user: User | None = None
+    revocations: list[PendingRevocation] = field(default_factory=list)
+
+
+def hash_refresh_token(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def scopes_for_role(role: str) -> tuple[str, ...]:
+    return ADMIN_SCOPES if role == "admin" else USER_SCOPES
+
+
+def narrow_scope(role: str, requested: str) -> str:
+    """The scopes a token gets: those of the role, narrowed to the requested ones
+    (unknown or unallowed names are left out; nothing left is an error)."""
+    allowed = scopes_for_role(role)
+    wanted = set(requested.split())
+    granted = [s for s in allowed if not wanted or s in wanted]
+    if not granted:
+        raise BadRequest("invalid scope: none of the requested scopes can be granted")
+    return " ".join(granted)
+
+
+class AuthService:
+    def __init__(
+        self,
+        *,
+        engine: Engine,
+        sessions: sessionmaker[Session],
+        passwords: Passwords,
+        signer: Signer,
+        common: CommonSettings,
+        access_ttl: int,
+        refresh_ttl: int,
+    ) -> None:
+        self.engine = engine
+        self.sessions = sessions
+        self.passwords = passwords
+        self.signer = signer
+        self.common = common
+        self.access_ttl = access_ttl
+        self.refresh_ttl = refresh_ttl
+
+    # -- helpers ---------------------------------------------------------------------
+    @property
+    def _subject_revocation_life(self) -> int:
+        # Past this, every token issued before the cutoff has expired anyway.
+        return self.access_ttl + self.common.jwt_leeway
+
+    def _user(self, session: Session, username: str) -> User | None:
+        if not is_valid_username(username):
+            return None
+        return session.scalars(select(User).where(User.username == username)).first()
+
+    def _require_user(self, session: Session, username: str) -> User:
+        user = self._user(session, username)
+        if user is None:
+            raise NotFound("no such user")
+        return user
+
+    def _active_admins(self, session: Session) -> int:
+        return int(
+            session.scalar(
+                select(func.count())
+                .select_from(User)
+                .where(User.role == "admin", User.disabled.is_(False))
+            )
+            or 0
+        )
+
+    def _issue(
+        self, session: Session, user: User, family_id: str, scope: str, now: int
+    ) -> TokenPair:
+        # Strictly after the user's last revocation cutoff, so the new token is not caught by it.
+        issued_at = max(now, user.revoked_before + 1)
+        expires_at = issued_at + self.access_ttl
+        jti = uuid.uuid4().hex
+        claims: dict[str, Any] = {
+            "iss": self.common.jwt_issuer,
+            "aud": self.common.jwt_audience,
+            "sub": user.username,
+            "role": user.role,
+            "scope": scope,
+            "iat": issued_at,
+            "nbf": issued_at,
+            "exp": expires_at,
+            "jti": jti,
+        }
+        kid, key = self.signer.current()
+        access = jwt.encode(claims, key, algorithm=ALGORITHM, headers={"kid": kid})
+        refresh = secrets.token_urlsafe(32)
+        session.add(
+            RefreshToken(
+                token_hash=hash_refresh_token(refresh),
+                family_id=family_id,
+                access_jti=jti,
+                access_expires_at=expires_at,
+                created_at=now,
+                expires_at=now + self.refresh_ttl,
+            )
+        )
+        return TokenPair(access, refresh, self.access_ttl, scope, user.username, jti)
+
+    def _revoke_family(
+        self, session: Session, family: RefreshFamily, now: int, seen: set[str] | None = None
+    ) -> list[PendingRevocation]:
+        """Spend the family and revoke the access tokens issued from it still alive."""
+        seen = set() if seen is None else seen
+        if family.revoked_at is None:
+            family.revoked_at = now
+        revocations = []
+        live = session.scalars(
+            select(RefreshToken).where(
+                RefreshToken.family_id == family.id, RefreshToken.access_expires_at > now
+            )
+        )
+        for row in live:
+            if row.access_jti not in seen:
+                seen.add(row.access_jti)
+                revocations.append(
+                    revoke_jti(
+                        session, row.access_jti, row.access_expires_at + self.common.jwt_leeway
+                    )
+                )
+        return revocations
+
+    def _revoke_all_of(self, session: Session, user: User, now: int) -> list[PendingRevocation]:
+        """Every token of the user so far: access tokens by cutoff, refresh families spent."""
+        user.revoked_before = now
+        families = session.scalars(
+            select(RefreshFamily).where(
+                RefreshFamily.user_id == user.id, RefreshFamily.revoked_at.is_(None)
+            )
+        )
+        for family in families:
+            family.revoked_at = now
+        return [revoke_subject(session, user.username, now, now + self._subject_revocation_life)]
+
+    # -- first start -----------------------------------------------------------------
+    def has_admin(self) -> bool:
+        with self.sessions() as session:
+            return bool(
+                session.scalar(select(func.count()).select_from(User).where(User.role == "admin"))
+            )
+
+    def ensure_first_admin(self, password: str) -> bool:
+        """Create ``admin`` when no admin exists; return whether it was created."""
+        if self.has_admin():
+            return False
+        with self.sessions() as session:
+            if self._user(session, "admin") is not None:
+                return False
+        if not PASSWORD_MIN <= len(password) <= PASSWORD_MAX:
+            raise RuntimeError(
+                f"the admin password must be {PASSWORD_MIN} to {PASSWORD_MAX} characters"
+            )
+        try:
+            self._insert_user("admin", password, "admin", None, False)
+        except Conflict:
+            return False  # another worker made it first
+        audit("user_created", user="admin", role="admin", actor="first-start")
+        return True
+
+    # -- users -----------------------------------------------------------------------
+    def _insert_user(
+        self, username: str, password: str, role: str, full_name: str | None, disabled: bool
+    ) -> User:
+        password_hash = self.passwords.hash(password)
+        now = int(time.time())
+        try:
+            with self.sessions.begin() as session:
+                if self._user(session, username) is not None:
+                    raise Conflict("user already exists")
+                user = User(
+                    username=username,
+                    password_hash=password_hash,
+                    role=role,
+                    disabled=disabled,
+                    full_name=full_name,
+                    created_at=now,
+                    updated_at=now,
+                    revoked_before=live_subject_cutoff(session, username, now),
+                )
+                session.add(user)
+        except IntegrityError:
+            raise Conflict("user already exists") from None
+        return user
+
+    def create_user(self, data: UserCreate, actor: str) -> User:
+        user = self._insert_user(
+            data.username,
+            data.password.get_secret_value(),
+            data.role,
+            data.full_name,
+            data.disabled,
+        )
+        audit("user_created", user=user.username, role=user.role, actor=actor)
+        return user
+
+    def get_user(self, username: str) -> User:
+        with self.sessions() as session:
+            return self._require_user(session, username)
+
+    def list_users(self, offset: int = 0, limit: int = 100) -> list[User]:
+        with self.sessions() as session:
+            return list(
+                session.scalars(select(User).order_by(User.username).offset(offset).limit(limit))
+            )
+
+    def update_user(self, username: str, data: UserUpdate, actor: str) -> Outcome:
+        changes = data.model_fields_set
+        new_hash = (
+            self.passwords.hash(data.password.get_secret_value())
+            if data.password is not None
+            else None
+        )
+        now = int(time.time())
+        outcome = Outcome()
+        with self.sessions.begin() as session:
+            user = self._require_user(session, username)
+            role_change = data.role is not None and data.role != user.role
+            disabling = data.disabled is True and not user.disabled
+            if (
+                user.role == "admin"
+                and not user.disabled
+                and (disabling or role_change)
+                and self._active_admins(session) <= 1
+            ):
+                raise Conflict("cannot demote or disable the last active admin")
+            if data.role is not None:
+                user.role = data.role
+            if data.disabled is not None:
+                user.disabled = data.disabled
+            if "full_name" in changes:
+                user.full_name = data.full_name
+            if new_hash is not None:
+                user.password_hash = new_hash
+            user.updated_at = now
+            if role_change or disabling or new_hash is not None:
+                outcome.revocations = self._revoke_all_of(session, user, now)
+            outcome.user = user
+        audit(
+            "user_updated",
+            user=username,
+            actor=actor,
+            fields=sorted(changes - {"password"}) + (["password"] if new_hash else []),
+            role=outcome.user.role,
+            disabled=outcome.user.disabled,
+        )
+        return outcome
+
+    def update_self(
+        self,
+        username: str,
+        full_name: str | None,
+        set_full_name: bool,
+        password: str | None,
+        current_password: str | None,
+    ) -> Outcome:
+        if password is not None:
+            with self.sessions() as session:
+                stored = self._require_user(session, username).password_hash
+            valid, _ = self.passwords.verify(current_password or "", stored)
+            if not valid:
+                raise Forbidden("current password is wrong")
+            new_hash: str | None = self.passwords.hash(password)
+        else:
+            new_hash = None
+        now = int(time.time())
+        outcome = Outcome()
+        with self.sessions.begin() as session:
+            user = self._require_user(session, username)
+            if set_full_name:
+                user.full_name = full_name
+            if new_hash is not None:
+                user.password_hash = new_hash
+                outcome.revocations = self._revoke_all_of(session, user, now)
+            user.updated_at = now
+            outcome.user = user
+        audit("user_updated", user=username, actor=username, password_changed=new_hash is not None)
+        return outcome
+
+    def delete_user(self, username: str, actor: str) -> Outcome:
+        now = int(time.time())
+        outcome = Outcome()
+        with self.sessions.begin() as session:
+            user = self._require_user(session, username)
+            if user.role == "admin" and not user.disabled and self._active_admins(session) <= 1:
+                raise Conflict("cannot remove the last active admin")
+            outcome.revocations = self._revoke_all_of(session, user, now)
+            session.delete(user)
+        audit("user_deleted", user=username, actor=actor)
+        return outcome
+
+    # -- tokens ----------------------------------------------------------------------
+    def login(self, username: str, password: str, scope: str, client_ip: str | None) -> TokenPair:
+        with self.sessions() as session:
+            user = self._user(session, username)
+        if user is None:
+            self.passwords.dummy_verify(password)
+            audit("login_failed", user=username[:64], reason="unknown_user", client_ip=client_ip)
+            raise InvalidCredentials()
+        valid, new_hash = self.passwords.verify(password, user.password_hash)
+        if not valid or user.disabled:
+            reason = "disabled" if valid else "bad_password"
+            audit("login_failed", user=username, reason=reason, client_ip=client_ip)
+            raise InvalidCredentials()
+        granted = narrow_scope(user.role, scope)
+        now = int(time.time())
+        with self.sessions.begin() as session:
+            current = session.get(User, user.id)
+            if current is None or current.disabled:
+                raise InvalidCredentials()
+            if new_hash is not None:
+                current.password_hash = new_hash
+            family = RefreshFamily(
+                id=uuid.uuid4().hex, user_id=current.id, scope=granted, created_at=now
+            )
+            session.add(family)
+            pair = self._issue(session, current, family.id, granted, now)
+        audit("login", user=username, client_ip=client_ip, jti=pair.jti, scope=granted)
+        return pair
+
+    def refresh(self, refresh_token: str, client_ip: str | None) -> TokenPair:
+        token_hash = hash_refresh_token(refresh_token)
+        now = int(time.time())
+        revocations: list[PendingRevocation] = []
+        with self.sessions.begin() as session:
+            row = session.get(RefreshToken, token_hash)
+            if row is None:
+                raise RefreshRejected()
+            family = session.get(RefreshFamily, row.family_id)
+            user = session.get(User, family.user_id) if family is not None else None
+            if family is None or user is None:
+                raise RefreshRejected()
+            if row.used_at is not None:
+                # A spent token again: someone holds a copy. End the whole session.
+                revocations = self._revoke_family(session, family, now)
+                reuse = True
+            else:
+                reuse = False
+                if family.revoked_at is not None or row.expires_at <= now or user.disabled:
+                    raise RefreshRejected()
+                granted = narrow_scope(user.role, family.scope)
+                row.used_at = now
+                pair = self._issue(session, user, family.id, granted, now)
+        if reuse:
+            audit("refresh_reuse", user=user.username, family=family.id, client_ip=client_ip)
+            raise RefreshRejected(revocations)
+        audit("refresh", user=user.username, client_ip=client_ip, jti=pair.jti)
+        return pair
+
+    def logout(
+        self, subject: str, jti: str, expires_at: int, refresh_token: str | None
+    ) -> list[PendingRevocation]:
+        """Revoke the access token and its refresh family (and, if given, the family of
+        ``refresh_token``, when it belongs to the same user)."""
+        now = int(time.time())
+        with self.sessions.begin() as session:
+            revocations = [revoke_jti(session, jti, expires_at + self.common.jwt_leeway)]
+            seen = {jti}
+            family_ids = set(
+                session.scalars(
+                    select(RefreshToken.family_id).where(RefreshToken.access_jti == jti)
+                )
+            )
+            if refresh_token:
+                row = session.get(RefreshToken, hash_refresh_token(refresh_token))
+                if row is not None:
+                    family_ids.add(row.family_id)
+            for family_id in family_ids:
+                family = session.get(RefreshFamily, family_id)
+                if family is None:
+                    continue
+                owner = session.get(User, family.user_id)
+                if owner is None or owner.username != subject:
+                    continue
+                revocations += self._revoke_family(session, family, now, seen)
+        audit("logout", user=subject, jti=jti)
+        return revocations

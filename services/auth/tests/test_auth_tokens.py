@@ -1,0 +1,253 @@
+"""Password grant, token contents, refresh rotation and reuse detection, logout."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from jose import jwt
+
+from modelgate_auth.config import AuthSettings
+from modelgate_common import ADMIN_SCOPES, USER_SCOPES, KeySet
+
+from .conftest import ADMIN_PASSWORD, USER_PASSWORD, bearer, login
+
+
+def _verify(settings: AuthSettings, token: str) -> dict[str, Any]:
+    keyset = KeySet(settings.common.jwks_path)
+    keyset.load()
+    kid = jwt.get_unverified_header(token)["kid"]
+    key = keyset.get(kid)
+    assert key is not None
+    return dict(
+        jwt.decode(
+            token,
+            key,
+            algorithms=["RS256"],
+            audience=settings.common.jwt_audience,
+            issuer=settings.common.jwt_issuer,
+        )
+    )
+
+
+def test_password_grant_returns_an_rs256_token_with_every_claim(
+    client: TestClient, settings: AuthSettings
+) -> None:
+    response = login(client, "admin", ADMIN_PASSWORD)
+    assert response.status_code == 200
+    assert response.headers["cache-control"] == "no-store"
+    body = response.json()
+    assert body["token_type"] == "bearer"
+    assert body["expires_in"] == 900
+    assert set(body) == {"access_token", "token_type", "expires_in", "refresh_token", "scope"}
+    header = jwt.get_unverified_header(body["access_token"])
+    assert header["alg"] == "RS256"
+    published = json.loads(settings.common.jwks_path.read_text())["keys"]
+    assert header["kid"] == published[0]["kid"]
+    claims = _verify(settings, body["access_token"])
+    assert set(claims) == {"iss", "aud", "sub", "role", "scope", "iat", "nbf", "exp", "jti"}
+    assert claims["sub"] == "admin"
+    assert claims["role"] == "admin"
+    assert claims["scope"].split() == list(ADMIN_SCOPES) == body["scope"].split()
+    assert claims["exp"] - claims["iat"] == 900
+    assert claims["nbf"] == claims["iat"]
+    assert abs(claims["iat"] - time.time()) < 5
+
+
+def test_seed_alias_token_behaves_like_auth_token(client: TestClient) -> None:
+    response = client.post("/token", data={"username": "admin", "password": ADMIN_PASSWORD})
+    assert response.status_code == 200
+    me = client.get("/auth/users/me", headers=bearer(response.json()["access_token"]))
+    assert me.status_code == 200
+    assert me.json()["username"] == "admin"
+    assert me.json()["role"] == "admin"
+
+
+def test_user_gets_user_scopes_and_scope_narrows(client: TestClient, make_user: Any) -> None:
+    make_user("alice")
+    body = login(client, "alice", USER_PASSWORD).json()
+    assert body["scope"].split() == list(USER_SCOPES)
+    narrowed = login(client, "alice", USER_PASSWORD, scope="models:read")
+    assert narrowed.json()["scope"] == "models:read"
+    # A scope the role does not have is not granted.
+    mixed = login(client, "alice", USER_PASSWORD, scope="models:read users:admin")
+    assert mixed.json()["scope"] == "models:read"
+    refused = login(client, "alice", USER_PASSWORD, scope="users:admin")
+    assert refused.status_code == 400
+
+
+def test_narrowed_token_is_refused_where_a_missing_scope_is_needed(
+    client: TestClient,
+) -> None:
+    token = login(client, "admin", ADMIN_PASSWORD, scope="models:read").json()["access_token"]
+    assert client.get("/auth/users/me", headers=bearer(token)).status_code == 200
+    response = client.get("/auth/users", headers=bearer(token))
+    assert response.status_code == 403
+    assert "insufficient_scope" in response.headers["www-authenticate"]
+
+
+@pytest.mark.parametrize("case", ["unknown", "wrong-password", "disabled"])
+def test_login_failures_are_indistinguishable(
+    client: TestClient, make_user: Any, admin_token: str, case: str
+) -> None:
+    make_user("bob")
+    client.patch("/auth/users/bob", json={"disabled": True}, headers=bearer(admin_token))
+    username, password = {
+        "unknown": ("nobody", USER_PASSWORD),
+        "wrong-password": ("alice", "not-the-right-password"),
+        "disabled": ("bob", USER_PASSWORD),
+    }[case]
+    if case == "wrong-password":
+        make_user("alice")
+    passwords = client.app.state.auth_service.passwords  # type: ignore[attr-defined]
+    before = passwords.verifications
+    response = login(client, username, password)
+    assert response.status_code == 401
+    assert response.json() == {"detail": "incorrect username or password"}
+    assert response.headers["www-authenticate"].startswith("Bearer")
+    # Every path, the unknown user's too, spends one password verification.
+    assert passwords.verifications == before + 1
+
+
+def test_login_with_an_invalid_user_name_still_verifies_a_hash(client: TestClient) -> None:
+    passwords = client.app.state.auth_service.passwords  # type: ignore[attr-defined]
+    before = passwords.verifications
+    response = login(client, "Robert'); DROP TABLE users;--", USER_PASSWORD)
+    assert response.status_code == 401
+    assert passwords.verifications == before + 1
+    assert login(client, "admin", ADMIN_PASSWORD).status_code == 200
+
+
+def test_login_password_over_128_characters_is_422(client: TestClient) -> None:
+    response = login(client, "admin", "x" * 129)
+    assert response.status_code == 422
+    assert "x" * 129 not in response.text
+
+
+def test_login_form_is_validated(client: TestClient) -> None:
+    assert client.post("/auth/token", data={"username": "admin"}).status_code == 422
+    wrong_grant = {"grant_type": "client_credentials", "username": "a", "password": "b"}
+    assert client.post("/auth/token", data=wrong_grant).status_code == 422
+    # A JSON body is not a form.
+    as_json = {"username": "admin", "password": ADMIN_PASSWORD}
+    assert client.post("/auth/token", json=as_json).status_code == 422
+
+
+def test_token_in_query_string_is_not_accepted(client: TestClient, admin_token: str) -> None:
+    response = client.get("/auth/users/me", params={"access_token": admin_token})
+    assert response.status_code == 401
+    assert client.get("/auth/users/me", headers=bearer(admin_token)).status_code == 200
+
+
+def test_refresh_rotates_and_the_old_refresh_token_is_spent(
+    client: TestClient, user_tokens: dict[str, Any]
+) -> None:
+    first = user_tokens["refresh_token"]
+    response = client.post("/auth/refresh", json={"refresh_token": first})
+    assert response.status_code == 200
+    second = response.json()
+    assert second["refresh_token"] != first
+    assert second["access_token"] != user_tokens["access_token"]
+    assert client.get("/auth/users/me", headers=bearer(second["access_token"])).status_code == 200
+    third = client.post("/auth/refresh", json={"refresh_token": second["refresh_token"]})
+    assert third.status_code == 200
+
+
+def test_refresh_reuse_revokes_the_whole_family(
+    client: TestClient, user_tokens: dict[str, Any], make_user: Any
+) -> None:
+    first = user_tokens["refresh_token"]
+    rotated = client.post("/auth/refresh", json={"refresh_token": first}).json()
+    # Another session of the same user, which reuse in the first must not touch.
+    other = login(client, "alice", USER_PASSWORD).json()
+
+    reuse = client.post("/auth/refresh", json={"refresh_token": first})
+    assert reuse.status_code == 401
+    assert reuse.json() == {"detail": "refresh token is invalid, expired or revoked"}
+    # Everything in the family is dead: the rotated refresh token and both access tokens.
+    assert client.post("/auth/refresh", json={"refresh_token": rotated["refresh_token"]}).status_code == 401
+    for token in (user_tokens["access_token"], rotated["access_token"]):
+        assert client.get("/auth/users/me", headers=bearer(token)).status_code == 401
+    assert client.get("/auth/users/me", headers=bearer(other["access_token"])).status_code == 200
+    assert client.post("/auth/refresh", json={"refresh_token": other["refresh_token"]}).status_code == 200
+
+
+def test_refresh_with_an_unknown_token_is_401(client: TestClient) -> None:
+    response = client.post("/auth/refresh", json={"refresh_token": "made-up"})
+    assert response.status_code == 401
+
+
+def test_refresh_body_is_strict(client: TestClient, user_tokens: dict[str, Any]) -> None:
+    token = user_tokens["refresh_token"]
+    assert client.post("/auth/refresh", json={"refresh_token": token, "x": 1}).status_code == 422
+    assert client.post("/auth/refresh", json={"refresh_token": 5}).status_code == 422
+    assert client.post("/auth/refresh", json={}).status_code == 422
+
+
+def test_refresh_is_refused_for_a_disabled_user(
+    client: TestClient, user_tokens: dict[str, Any], admin_token: str
+) -> None:
+    client.patch("/auth/users/alice", json={"disabled": True}, headers=bearer(admin_token))
+    response = client.post("/auth/refresh", json={"refresh_token": user_tokens["refresh_token"]})
+    assert response.status_code == 401
+    assert client.get("/auth/users/me", headers=bearer(user_tokens["access_token"])).status_code == 401
+
+
+def test_refresh_keeps_the_narrowed_scope(client: TestClient, make_user: Any) -> None:
+    make_user("alice")
+    tokens = login(client, "alice", USER_PASSWORD, scope="models:read").json()
+    refreshed = client.post("/auth/refresh", json={"refresh_token": tokens["refresh_token"]})
+    assert refreshed.json()["scope"] == "models:read"
+
+
+def test_refresh_after_role_change_carries_the_new_role(
+    client: TestClient, user_tokens: dict[str, Any], admin_token: str, settings: AuthSettings
+) -> None:
+    client.patch("/auth/users/alice", json={"role": "admin"}, headers=bearer(admin_token))
+    # The role change revoked every token the user held, refresh tokens included.
+    response = client.post("/auth/refresh", json={"refresh_token": user_tokens["refresh_token"]})
+    assert response.status_code == 401
+    assert client.get("/auth/users/me", headers=bearer(user_tokens["access_token"])).status_code == 401
+    fresh = login(client, "alice", USER_PASSWORD).json()
+    assert _verify(settings, fresh["access_token"])["role"] == "admin"
+    assert client.get("/auth/users/me", headers=bearer(fresh["access_token"])).status_code == 200
+
+
+def test_logout_revokes_the_access_token_and_its_refresh_family(
+    client: TestClient, user_tokens: dict[str, Any]
+) -> None:
+    access = user_tokens["access_token"]
+    assert client.post("/auth/logout", headers=bearer(access)).status_code == 204
+    assert client.get("/auth/users/me", headers=bearer(access)).status_code == 401
+    refresh = client.post("/auth/refresh", json={"refresh_token": user_tokens["refresh_token"]})
+    assert refresh.status_code == 401
+    # Logging in again works.
+    assert login(client, "alice", USER_PASSWORD).status_code == 200
+
+
+def test_logout_after_refresh_revokes_earlier_access_tokens_of_the_session(
+    client: TestClient, user_tokens: dict[str, Any]
+) -> None:
+    rotated = client.post("/auth/refresh", json={"refresh_token": user_tokens["refresh_token"]})
+    access = rotated.json()["access_token"]
+    assert client.post("/auth/logout", headers=bearer(access)).status_code == 204
+    old = user_tokens["access_token"]
+    assert client.get("/auth/users/me", headers=bearer(old)).status_code == 401
+
+
+def test_logout_needs_a_token(client: TestClient) -> None:
+    response = client.post("/auth/logout")
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"].startswith("Bearer")
+
+
+def test_jwks_publishes_public_keys_only(client: TestClient, admin_token: str) -> None:
+    response = client.get("/auth/.well-known/jwks.json")
+    assert response.status_code == 200
+    keys = response.json()["keys"]
+    assert len(keys) == 1
+    assert set(keys[0]) == {"kty", "use", "alg", "kid", "n", "e"}
+    assert keys[0]["kid"] == jwt.get_unverified_header(admin_token)["kid"]
