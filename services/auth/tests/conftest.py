@@ -1,11 +1,8 @@
 """In-process tests of the auth service: a real SQLite file in a temporary folder
-and a real, throwaway Redis on a unix socket."""
+and a real, throwaway Redis (the root conftest's ``redis_server``)."""
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,7 +10,6 @@ from typing import Any
 import pytest
 import redis
 from fastapi.testclient import TestClient
-
 from modelgate_auth.config import AuthSettings
 from modelgate_auth.main import create_app
 from modelgate_common import CommonSettings
@@ -22,50 +18,14 @@ ADMIN_PASSWORD = "first-admin-password-for-tests"
 USER_PASSWORD = "a-long-enough-user-password"
 
 
-@pytest.fixture(scope="session")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    server = shutil.which("redis-server")
-    if server is None:
-        pytest.fail("redis-server is not installed (make venv / apt-get install redis-server)")
-    folder = tmp_path_factory.mktemp("redis")
-    socket = folder / "redis.sock"
-    proc = subprocess.Popen(
-        [
-            server,
-            "--port", "0",
-            "--unixsocket", str(socket),
-            "--unixsocketperm", "700",
-            "--save", "",
-            "--appendonly", "no",
-            "--dir", str(folder),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    url = f"unix://{socket}"
-    client = redis.Redis.from_url(url)
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            if time.monotonic() > deadline or proc.poll() is not None:
-                proc.kill()
-                pytest.fail("throwaway redis-server did not start")
-            time.sleep(0.05)
-    try:
-        yield url
-    finally:
-        client.close()
-        proc.terminate()
-        proc.wait(10)
+@pytest.fixture
+def redis_url(redis_server: Any) -> str:
+    return str(redis_server.url)
 
 
 @pytest.fixture
 def redis_client(redis_url: str) -> Iterator[redis.Redis]:
     client = redis.Redis.from_url(redis_url)
-    client.flushdb()
     yield client
     client.close()
 
@@ -88,7 +48,8 @@ def make_settings(root: Path, redis_url: str, **overrides: Any) -> AuthSettings:
         "argon2_time_cost": 1,
         "argon2_memory_kib": 1024,
         "argon2_parallelism": 1,
-        "revocation_sync_interval": 0.2,
+        # Tests call the sync themselves; the background loop must not race them.
+        "revocation_sync_interval": 300,
     }
     values.update(overrides)
     return AuthSettings(**values)

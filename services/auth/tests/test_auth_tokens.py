@@ -9,11 +9,18 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 from jose import jwt
-
 from modelgate_auth.config import AuthSettings
 from modelgate_common import ADMIN_SCOPES, USER_SCOPES, KeySet
 
 from .conftest import ADMIN_PASSWORD, USER_PASSWORD, bearer, login
+
+
+def _refresh(client: TestClient, token: str) -> int:
+    return client.post("/auth/refresh", json={"refresh_token": token}).status_code
+
+
+def _me(client: TestClient, token: str) -> int:
+    return client.get("/auth/users/me", headers=bearer(token)).status_code
 
 
 def _verify(settings: AuthSettings, token: str) -> dict[str, Any]:
@@ -168,11 +175,17 @@ def test_refresh_reuse_revokes_the_whole_family(
     assert reuse.status_code == 401
     assert reuse.json() == {"detail": "refresh token is invalid, expired or revoked"}
     # Everything in the family is dead: the rotated refresh token and both access tokens.
-    assert client.post("/auth/refresh", json={"refresh_token": rotated["refresh_token"]}).status_code == 401
+    assert (
+        client.post("/auth/refresh", json={"refresh_token": rotated["refresh_token"]}).status_code
+        == 401
+    )
     for token in (user_tokens["access_token"], rotated["access_token"]):
         assert client.get("/auth/users/me", headers=bearer(token)).status_code == 401
     assert client.get("/auth/users/me", headers=bearer(other["access_token"])).status_code == 200
-    assert client.post("/auth/refresh", json={"refresh_token": other["refresh_token"]}).status_code == 200
+    assert (
+        client.post("/auth/refresh", json={"refresh_token": other["refresh_token"]}).status_code
+        == 200
+    )
 
 
 def test_refresh_with_an_unknown_token_is_401(client: TestClient) -> None:
@@ -193,7 +206,9 @@ def test_refresh_is_refused_for_a_disabled_user(
     client.patch("/auth/users/alice", json={"disabled": True}, headers=bearer(admin_token))
     response = client.post("/auth/refresh", json={"refresh_token": user_tokens["refresh_token"]})
     assert response.status_code == 401
-    assert client.get("/auth/users/me", headers=bearer(user_tokens["access_token"])).status_code == 401
+    assert (
+        client.get("/auth/users/me", headers=bearer(user_tokens["access_token"])).status_code == 401
+    )
 
 
 def test_refresh_keeps_the_narrowed_scope(client: TestClient, make_user: Any) -> None:
@@ -210,7 +225,9 @@ def test_refresh_after_role_change_carries_the_new_role(
     # The role change revoked every token the user held, refresh tokens included.
     response = client.post("/auth/refresh", json={"refresh_token": user_tokens["refresh_token"]})
     assert response.status_code == 401
-    assert client.get("/auth/users/me", headers=bearer(user_tokens["access_token"])).status_code == 401
+    assert (
+        client.get("/auth/users/me", headers=bearer(user_tokens["access_token"])).status_code == 401
+    )
     fresh = login(client, "alice", USER_PASSWORD).json()
     assert _verify(settings, fresh["access_token"])["role"] == "admin"
     assert client.get("/auth/users/me", headers=bearer(fresh["access_token"])).status_code == 200

@@ -73,16 +73,32 @@ class Principal:
 
 
 class KeySet:
-    """Public keys by ``kid``, read from the JWKS file and re-read on an unknown kid."""
+    """Public keys by ``kid``, read from the JWKS file.
+
+    The file is re-read when it changes (checked at most once per
+    ``min_reload_interval``), so a key added by rotation is picked up and a retired
+    key stops verifying without a restart; an unknown kid also triggers a re-read,
+    no more often than that interval.
+    """
 
     def __init__(self, path: Path, min_reload_interval: float = 1.0) -> None:
         self.path = path
         self.min_reload_interval = min_reload_interval
         self._keys: dict[str, Key] = {}
         self._loaded_at = 0.0
+        self._checked_at = 0.0
+        self._stamp: tuple[int, int, int] | None = None
         self._lock = threading.Lock()
 
+    def _file_stamp(self) -> tuple[int, int, int] | None:
+        try:
+            st = self.path.stat()
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size, st.st_ino)
+
     def load(self) -> None:
+        stamp = self._file_stamp()
         document = json.loads(self.path.read_text(encoding="utf-8"))
         keys: dict[str, Key] = {}
         for entry in document.get("keys", []):
@@ -90,17 +106,21 @@ class KeySet:
                 keys[entry["kid"]] = jwk.construct(entry, ALGORITHM)
         with self._lock:
             self._keys = keys
-            self._loaded_at = time.monotonic()
+            self._stamp = stamp
+            self._loaded_at = self._checked_at = time.monotonic()
 
     def get(self, kid: str) -> Key | None:
-        key = self._keys.get(kid)
-        if key is None and time.monotonic() - self._loaded_at >= self.min_reload_interval:
-            try:
-                self.load()
-            except (OSError, ValueError) as exc:
-                log.warning("cannot reload JWKS", extra={"reason": type(exc).__name__})
-            key = self._keys.get(kid)
-        return key
+        now = time.monotonic()
+        if now - self._checked_at >= self.min_reload_interval:
+            self._checked_at = now
+            changed = self._file_stamp() != self._stamp
+            unknown = kid not in self._keys and now - self._loaded_at >= self.min_reload_interval
+            if changed or unknown:
+                try:
+                    self.load()
+                except (OSError, ValueError) as exc:
+                    log.warning("cannot reload JWKS", extra={"reason": type(exc).__name__})
+        return self._keys.get(kid)
 
     def __len__(self) -> int:
         return len(self._keys)
@@ -121,10 +141,10 @@ class TokenVerifier:
         # Verified claims by token string: a client sends the same token many times,
         # and the RSA check is the costliest step. Expiry and revocation are still
         # checked on every request.
-        self._verified: OrderedDict[str, Principal] = OrderedDict()
+        self._verified: OrderedDict[str, tuple[Principal, str]] = OrderedDict()
         self._cache_size = cache_size
 
-    def _decode(self, token: str) -> Principal:
+    def _decode(self, token: str) -> tuple[Principal, str]:
         if len(token) > _MAX_TOKEN_LENGTH or token.count(".") != 2:
             raise Unauthorized("malformed token")
         try:
@@ -154,15 +174,20 @@ class TokenVerifier:
             )
         except JOSEError:
             raise Unauthorized("token is invalid or expired") from None
-        return _principal_from_claims(claims)
+        return _principal_from_claims(claims), kid
 
     async def verify(self, token: str) -> Principal:
-        principal = self._verified.get(token)
-        if principal is None:
-            principal = self._decode(token)
-            self._verified[token] = principal
+        cached = self._verified.get(token)
+        if cached is None:
+            principal, kid = self._decode(token)
+            self._verified[token] = (principal, kid)
             if len(self._verified) > self._cache_size:
                 self._verified.popitem(last=False)
+        else:
+            principal, kid = cached
+            if self.keyset.get(kid) is None:  # its key was retired since
+                self._verified.pop(token, None)
+                raise Unauthorized("token signed by an unknown key")
         if principal.expires_at + self.settings.jwt_leeway < time.time():
             self._verified.pop(token, None)
             raise Unauthorized("token is invalid or expired")

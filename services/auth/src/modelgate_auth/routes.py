@@ -12,7 +12,6 @@ from typing import Annotated, Any, TypeVar
 
 import anyio
 from fastapi import APIRouter, Depends, Form, Query, Request, Response, Security, status
-from fastapi.responses import ORJSONResponse
 from modelgate_common import (
     Forbidden,
     NotFound,
@@ -94,16 +93,15 @@ def _user_out(user: User) -> UserOut:
     )
 
 
-def _token_response(pair: TokenPair) -> ORJSONResponse:
-    body = TokenResponse(
+def _token_response(pair: TokenPair, response: Response) -> TokenResponse:
+    # RFC 6749 5.1: token responses are never cached.
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["Pragma"] = "no-cache"
+    return TokenResponse(
         access_token=pair.access_token,
         expires_in=pair.expires_in,
         refresh_token=pair.refresh_token,
         scope=pair.scope,
-    )
-    # RFC 6749 5.1: token responses are never cached.
-    return ORJSONResponse(
-        body.model_dump(), headers={"Cache-Control": "no-store", "Pragma": "no-cache"}
     )
 
 
@@ -118,6 +116,7 @@ def _token_response(pair: TokenPair) -> ORJSONResponse:
 @router.post("/token", response_model=TokenResponse, include_in_schema=False)
 async def token(
     request: Request,
+    response: Response,
     service: Service,
     username: Annotated[str, Form(min_length=1, max_length=256)],
     password: Annotated[str, Form(min_length=1, max_length=PASSWORD_MAX)],
@@ -125,13 +124,13 @@ async def token(
     scope: Annotated[str, Form(max_length=SCOPE_MAX, pattern=r"^[a-z:_ ]*$")] = "",
     client_id: Annotated[str | None, Form(max_length=256)] = None,
     client_secret: Annotated[str | None, Form(max_length=256)] = None,
-) -> ORJSONResponse:
+) -> TokenResponse:
     """Exchange a user name and password for an access token and a refresh token.
     ``scope`` (space-separated) narrows the token to fewer scopes than the role has."""
     pair = await _run_hashing(
         request, service.login, username, password, scope, _client_ip(request)
     )
-    return _token_response(pair)
+    return _token_response(pair, response)
 
 
 @router.post(
@@ -140,7 +139,9 @@ async def token(
     responses=error_responses(401, 422),
     tags=["tokens"],
 )
-async def refresh(request: Request, service: Service, body: RefreshRequest) -> ORJSONResponse:
+async def refresh(
+    request: Request, response: Response, service: Service, body: RefreshRequest
+) -> TokenResponse:
     """A new token pair for a refresh token; the presented one is spent. Presenting a
     spent one revokes every token of its family."""
     try:
@@ -148,7 +149,7 @@ async def refresh(request: Request, service: Service, body: RefreshRequest) -> O
     except RefreshRejected as exc:
         await _push(request, exc.revocations)
         raise
-    return _token_response(pair)
+    return _token_response(pair, response)
 
 
 @router.post(

@@ -151,8 +151,13 @@ class AuthService:
     def _issue(
         self, session: Session, user: User, family_id: str, scope: str, now: int
     ) -> TokenPair:
-        # Strictly after the user's last revocation cutoff, so the new token is not caught by it.
-        issued_at = max(now, user.revoked_before + 1)
+        issued_at = int(time.time())
+        if issued_at <= user.revoked_before:
+            # The user's tokens were revoked within this second: a token issued now would
+            # be caught by the cutoff. Wait for the next second (rare; at most one second)
+            # rather than date the token in the future, which strict verifiers refuse.
+            time.sleep(min(2.0, max(0.0, user.revoked_before + 1 - time.time())))
+            issued_at = max(int(time.time()), user.revoked_before + 1)
         expires_at = issued_at + self.access_ttl
         jti = uuid.uuid4().hex
         claims: dict[str, Any] = {

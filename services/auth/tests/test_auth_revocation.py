@@ -1,0 +1,95 @@
+"""A revoked token stays revoked: after Redis loses its data, after the auth service
+restarts, and when the revocation was made while Redis was down or by the CLI."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+from fastapi.testclient import TestClient
+from modelgate_auth.config import AuthSettings
+from modelgate_auth.main import build_service, create_app
+from modelgate_auth.schemas import UserUpdate
+from modelgate_common import revoked_jti_key
+
+from .conftest import ADMIN_PASSWORD, USER_PASSWORD, bearer, login
+
+
+def _sync(client: TestClient) -> int:
+    publisher = client.app.state.revocations  # type: ignore[attr-defined]
+    assert client.portal is not None
+    return int(client.portal.call(publisher.sync))
+
+
+def _me(client: TestClient, token: str) -> int:
+    return client.get("/auth/users/me", headers=bearer(token)).status_code
+
+
+def test_revocation_is_back_in_redis_after_redis_lost_its_data(
+    client: TestClient, user_tokens: dict[str, Any], redis_client: redis.Redis
+) -> None:
+    access = user_tokens["access_token"]
+    client.post("/auth/logout", headers=bearer(access))
+    assert _me(client, access) == 401
+    redis_client.flushall()  # what a restart without persistence does
+    assert _me(client, access) == 200  # the gap the sync closes
+    assert _sync(client) >= 1
+    assert _me(client, access) == 401
+
+
+def test_revocation_survives_a_restart_of_redis_and_auth(
+    settings: AuthSettings, redis_server: Any
+) -> None:
+    with TestClient(create_app(settings)) as first:
+        admin = login(first, "admin", ADMIN_PASSWORD).json()["access_token"]
+        user = {"username": "alice", "password": USER_PASSWORD}
+        first.post("/auth/users", json=user, headers=bearer(admin))
+        tokens = login(first, "alice", USER_PASSWORD).json()
+        first.post("/auth/logout", headers=bearer(tokens["access_token"]))
+        assert _me(first, tokens["access_token"]) == 401
+    redis_server.stop()
+    redis_server.start()  # empty
+    with TestClient(create_app(settings)) as restarted:
+        assert _me(restarted, tokens["access_token"]) == 401
+        refresh = restarted.post("/auth/refresh", json={"refresh_token": tokens["refresh_token"]})
+        assert refresh.status_code == 401
+        assert login(restarted, "alice", USER_PASSWORD).status_code == 200
+
+
+def test_logout_while_redis_is_down_is_pushed_when_it_returns(
+    client: TestClient, user_tokens: dict[str, Any], redis_server: Any, redis_client: redis.Redis
+) -> None:
+    access = user_tokens["access_token"]
+    redis_server.stop()
+    # Verification fails open without Redis (the configured default); the logout is recorded.
+    assert client.post("/auth/logout", headers=bearer(access)).status_code == 204
+    redis_server.start()
+    _sync(client)
+    assert _me(client, access) == 401
+
+
+def test_revocation_made_outside_the_service_reaches_redis(
+    client: TestClient,
+    user_tokens: dict[str, Any],
+    settings: AuthSettings,
+    redis_client: redis.Redis,
+) -> None:
+    access = user_tokens["access_token"]
+    _sync(client)  # the marker is set: from now on only new revocations are pushed
+    cli_service, _ = build_service(settings)  # what `modelgate user disable` uses
+    cli_service.update_user("alice", UserUpdate(disabled=True), actor="cli")
+    cli_service.engine.dispose()
+    assert _me(client, access) == 200  # not in Redis yet
+    assert _sync(client) == 1
+    assert _me(client, access) == 401
+
+
+def test_revoked_jti_expires_with_the_token(
+    client: TestClient, user_tokens: dict[str, Any], redis_client: redis.Redis
+) -> None:
+    access = user_tokens["access_token"]
+    client.post("/auth/logout", headers=bearer(access))
+    jti = client.app.state.verifier._verified[access][0].token_id  # type: ignore[attr-defined]
+    ttl = redis_client.ttl(revoked_jti_key(jti))
+    # Kept until the token's expiry plus the verifier's leeway, not forever.
+    assert 0 < ttl <= 900 + 30
