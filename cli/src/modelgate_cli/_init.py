@@ -12,6 +12,7 @@ from pathlib import Path
 
 from modelgate_common import write_private
 
+from ._auth import ensure_jwt_signing_key
 from ._certs import ensure_certificates
 from ._fernet import ensure_fernet_keyring
 from ._paths import ProjectPaths
@@ -37,6 +38,7 @@ INIT_STEPS: list[Callable[[ProjectPaths], list[str]]] = [
     ensure_layout,
     lambda paths: ensure_certificates(paths.certs),
     ensure_admin_password,
+    ensure_jwt_signing_key,
     ensure_fernet_keyring,
     ensure_models,
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from . import keys, models
+from ._auth import user_app
 from ._configref import configuration_reference
 from ._init import run_init
 from ._paths import ProjectPaths
@@ -19,6 +20,7 @@ app = typer.Typer(
 
 app.add_typer(keys.app, name="keys")
 app.add_typer(models.app, name="model")
+app.add_typer(user_app, name="user")
 
 
 @app.callback()

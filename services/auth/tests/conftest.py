@@ -9,13 +9,10 @@ from typing import Any
 
 import pytest
 import redis
+from auth_testlib import ADMIN_PASSWORD, USER_PASSWORD, bearer, login, make_settings
 from fastapi.testclient import TestClient
 from modelgate_auth.config import AuthSettings
 from modelgate_auth.main import create_app
-from modelgate_common import CommonSettings
-
-ADMIN_PASSWORD = "first-admin-password-for-tests"
-USER_PASSWORD = "a-long-enough-user-password"
 
 
 @pytest.fixture
@@ -30,31 +27,6 @@ def redis_client(redis_url: str) -> Iterator[redis.Redis]:
     client.close()
 
 
-def make_settings(root: Path, redis_url: str, **overrides: Any) -> AuthSettings:
-    secrets = root / "secrets"
-    if not secrets.exists():
-        secrets.mkdir(mode=0o700)
-        password_file = secrets / "admin_password"
-        password_file.write_text(ADMIN_PASSWORD + "\n")
-        password_file.chmod(0o600)
-    values: dict[str, Any] = {
-        "common": CommonSettings(
-            secrets_dir=secrets,
-            var_dir=root / "var",
-            redis_url=redis_url,
-            environment="development",
-        ),
-        # Light argon2id parameters keep the suite fast; the algorithm is the same.
-        "argon2_time_cost": 1,
-        "argon2_memory_kib": 1024,
-        "argon2_parallelism": 1,
-        # Tests call the sync themselves; the background loop must not race them.
-        "revocation_sync_interval": 300,
-    }
-    values.update(overrides)
-    return AuthSettings(**values)
-
-
 @pytest.fixture
 def settings(tmp_path: Path, redis_url: str, redis_client: redis.Redis) -> AuthSettings:
     return make_settings(tmp_path, redis_url)
@@ -64,17 +36,6 @@ def settings(tmp_path: Path, redis_url: str, redis_client: redis.Redis) -> AuthS
 def client(settings: AuthSettings) -> Iterator[TestClient]:
     with TestClient(create_app(settings)) as test_client:
         yield test_client
-
-
-def login(client: TestClient, username: str, password: str, scope: str | None = None) -> Any:
-    form = {"grant_type": "password", "username": username, "password": password}
-    if scope is not None:
-        form["scope"] = scope
-    return client.post("/auth/token", data=form)
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
 
 
 @pytest.fixture

@@ -6,12 +6,11 @@ import json
 from pathlib import Path
 
 import pytest
+from auth_testlib import ADMIN_PASSWORD, bearer, login
 from fastapi.testclient import TestClient
 from jose import jwt
 from modelgate_auth.config import AuthSettings
 from modelgate_auth.keys import KeyStore, KeyStoreError
-
-from .conftest import ADMIN_PASSWORD, bearer, login
 
 
 def _store(settings: AuthSettings) -> KeyStore:

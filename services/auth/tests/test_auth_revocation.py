@@ -6,13 +6,12 @@ from __future__ import annotations
 from typing import Any
 
 import redis
+from auth_testlib import ADMIN_PASSWORD, USER_PASSWORD, bearer, login
 from fastapi.testclient import TestClient
 from modelgate_auth.config import AuthSettings
 from modelgate_auth.main import build_service, create_app
 from modelgate_auth.schemas import UserUpdate
 from modelgate_common import revoked_jti_key
-
-from .conftest import ADMIN_PASSWORD, USER_PASSWORD, bearer, login
 
 
 def _sync(client: TestClient) -> int:

@@ -7,12 +7,11 @@ import time
 from typing import Any
 
 import pytest
+from auth_testlib import ADMIN_PASSWORD, USER_PASSWORD, bearer, login
 from fastapi.testclient import TestClient
 from jose import jwt
 from modelgate_auth.config import AuthSettings
 from modelgate_common import ADMIN_SCOPES, USER_SCOPES, KeySet
-
-from .conftest import ADMIN_PASSWORD, USER_PASSWORD, bearer, login
 
 
 def _refresh(client: TestClient, token: str) -> int:

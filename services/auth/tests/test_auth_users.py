@@ -8,14 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from auth_testlib import ADMIN_PASSWORD, USER_PASSWORD, bearer, login, make_settings
 from fastapi.testclient import TestClient
 from modelgate_auth.config import AuthSettings
 from modelgate_auth.main import create_app
 from modelgate_auth.schemas import clean_text
 from modelgate_common._logging import JsonFormatter
 from sqlalchemy import create_engine, text
-
-from .conftest import ADMIN_PASSWORD, USER_PASSWORD, bearer, login, make_settings
 
 
 def _password_hash(settings: AuthSettings, username: str) -> str:

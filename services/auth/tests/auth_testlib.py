@@ -1,0 +1,66 @@
+"""Helpers shared by the auth service's unit tests (imported by conftest and tests)."""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from fastapi.testclient import TestClient
+from modelgate_auth.config import AuthSettings
+from modelgate_auth.keys import KeyStore
+from modelgate_common import CommonSettings
+
+ADMIN_PASSWORD = "first-admin-password-for-tests"
+USER_PASSWORD = "a-long-enough-user-password"
+
+
+def login(client: TestClient, username: str, password: str, scope: str | None = None) -> Any:
+    form = {"grant_type": "password", "username": username, "password": password}
+    if scope is not None:
+        form["scope"] = scope
+    return client.post("/auth/token", data=form)
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def make_settings(root: Path, redis_url: str, **overrides: Any) -> AuthSettings:
+    secrets = root / "secrets"
+    if not secrets.exists():
+        secrets.mkdir(mode=0o700)
+        password_file = secrets / "admin_password"
+        password_file.write_text(ADMIN_PASSWORD + "\n")
+        password_file.chmod(0o600)
+        # A signing key made once per test run: RSA key generation is the slowest setup step.
+        template = _template_keys()
+        shutil.copytree(template / "jwt", secrets / "jwt")
+        shutil.copy2(template / "jwks.json", secrets / "jwks.json")
+    values: dict[str, Any] = {
+        "common": CommonSettings(
+            secrets_dir=secrets,
+            var_dir=root / "var",
+            redis_url=redis_url,
+            environment="development",
+        ),
+        # Light argon2id parameters keep the suite fast; the algorithm is the same.
+        "argon2_time_cost": 1,
+        "argon2_memory_kib": 1024,
+        "argon2_parallelism": 1,
+        # Tests call the sync themselves; the background loop must not race them.
+        "revocation_sync_interval": 300,
+    }
+    values.update(overrides)
+    return AuthSettings(**values)
+
+
+@functools.cache
+def _template_keys() -> Path:
+    folder = Path(tempfile.mkdtemp(prefix="mg-auth-keys-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    KeyStore(folder / "jwt", folder / "jwks.json").ensure()
+    return folder
