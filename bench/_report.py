@@ -56,11 +56,18 @@ def ratios(runs: dict[str, dict[str, Any]]) -> dict[str, float | None]:
         run = runs.get(name)
         return float(run["rps"]) if run and run.get("rps") else None
 
-    full = rps("full")
     out: dict[str, float | None] = {}
-    for other in ("seed", "ceiling", "mlserver", "mlserver-adaptive"):
-        base = rps(other)
-        out[f"full/{other}"] = round(full / base, 2) if full and base else None
+    for mine, other in (
+        ("full", "seed"),
+        ("full", "ceiling"),
+        ("full", "mlserver"),
+        ("full", "mlserver-adaptive"),
+        ("full-seed-route", "seed"),
+        ("full-v2", "mlserver-adaptive"),
+    ):
+        a, b = rps(mine), rps(other)
+        if a and b:
+            out[f"{mine}/{other}"] = round(a / b, 2)
     return out
 
 
@@ -203,6 +210,8 @@ def chart(path: Path, doc: dict[str, Any]) -> None:
         "mlserver-adaptive": "#e76f51",
         "ceiling": "#8ab17d",
         "full": "#264653",
+        "full-v2": "#2a6f7f",
+        "full-seed-route": "#3d8c9e",
     }
     names = [titles.get(k, k) for k in single]
 
