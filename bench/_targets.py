@@ -420,10 +420,25 @@ def full_stack(s: Settings) -> Iterator[list[Target]]:
                 "profile": profile_env(),
             },
         }
-        url = f"https://127.0.0.1:{s.https_port}/v1/models/{s.model}/predict"
+        base = f"https://127.0.0.1:{s.https_port}"
+        url = f"{base}/v1/models/{s.model}/predict"
         roots = [_supervisord_pid()]
         yield [
             Target("full", "modelgate (full stack)", Load(url, "v1", 1, tokens_file), roots, info),
+            Target(
+                "full-v2",
+                "modelgate, v2 infer",
+                Load(f"{base}/v2/models/{s.model}/infer", "v2", 1, tokens_file, "input"),
+                roots,
+                {**info, "endpoint": f"POST /v2/models/{s.model}/infer", "stack": None},
+            ),
+            Target(
+                "full-seed-route",
+                "modelgate, seed's /predict",
+                Load(f"{base}/predict", "seed", 1, tokens_file),
+                roots,
+                {**info, "endpoint": "POST /predict", "stack": None},
+            ),
             Target(
                 "batch-100",
                 "modelgate batch, 100 rows",

@@ -33,8 +33,7 @@ from _targets import Settings, Target
 from _wrk import Client, measure, once
 
 PHASES = ("seed", "mlserver", "mlserver-adaptive", "ceiling", "full")
-# full joins the default once the auth service has landed.
-DEFAULT_PHASES = ("seed", "mlserver", "mlserver-adaptive", "ceiling")
+DEFAULT_PHASES = PHASES
 
 
 def _phase(name: str, s: Settings) -> AbstractContextManager[Target | list[Target]]:
