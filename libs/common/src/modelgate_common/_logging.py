@@ -34,6 +34,7 @@ class JsonFormatter(logging.Formatter):
             + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "service": self.service,
+            "pid": record.process,  # which worker of the service
             "logger": record.name,
             "msg": record.getMessage(),
             "request_id": request_id_var.get(),

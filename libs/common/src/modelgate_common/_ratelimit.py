@@ -311,21 +311,18 @@ class SharedRateLimiter:
 
     # -- health and shutdown ------------------------------------------------------------
     async def probe(self) -> bool:
-        """Is shared counting in use? Tries Redis when the breaker allows it."""
+        """Can this worker count in Redis now? Pings it unless the breaker is open."""
         if self.breaker.open:
             return False
-        if not self.breaker.degraded:
-            return True
         try:
             async with asyncio.timeout(self._budget):
                 ok = await self._shared.storage.check()
         except Exception:
             ok = False
-        if ok:
-            if self.breaker.close():
-                log.info("rate-limit store reachable again: shared counting resumed")
-        else:
+        if not ok:
             self.breaker.trip()
+        elif self.breaker.close():
+            log.info("rate-limit store reachable again: shared counting resumed")
         return ok
 
     async def health(self) -> CheckResult:
