@@ -36,12 +36,15 @@ STACK_VARIABLES = {
     "MG_NGINX_BURST": "requests over the rate queued before 429",
     "MG_NGINX_BURST_DELAY": "queued requests served at once before throttling sets in",
     "MG_NGINX_CONN_PER_IP": "concurrent connections per client address",
+    "MG_NGINX_LOGIN_RATE": "outer limit_req rate of /auth/token and /token per client address",
+    "MG_NGINX_LOGIN_BURST": "sign-in requests over that rate let through before 429",
     "MG_CERTS_DIR": "certificate folder",
 }
 
 # (title, module, class) of every settings class a service reads.
 SETTINGS_CLASSES = (
     ("Every service (`MG_`)", "modelgate_common", "CommonSettings"),
+    ("Rate limits, every service (`MG_RATELIMIT_`)", "modelgate_common", "RateLimitSettings"),
     ("auth service", "modelgate_auth.config", "AuthSettings"),
     ("inference service", "modelgate_inference.config", "InferenceSettings"),
     ("crypto service", "modelgate_crypto.config", "CryptoSettings"),

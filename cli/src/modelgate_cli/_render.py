@@ -31,6 +31,8 @@ def nginx_values(paths: ProjectPaths, env: dict[str, str] | None = None) -> dict
         "MG_NGINX_BURST": "200",
         "MG_NGINX_BURST_DELAY": "50",
         "MG_NGINX_CONN_PER_IP": "256",
+        "MG_NGINX_LOGIN_RATE": "1r/s",
+        "MG_NGINX_LOGIN_BURST": "10",
         "MG_CERTS_DIR": str(paths.certs),
         "MG_HTTPS_PORT": "8443",
         "MG_HTTP_PORT": "8080",

@@ -41,17 +41,20 @@ class RateLimitSettings(BaseSettings):
     predict: str = Field("10/minute", description="predict requests per token subject")
     predict_tiers: dict[str, str] = Field(
         default_factory=lambda: {"admin": "100/minute"},
-        description="predict limit per role, overriding `predict`",
+        description="predict limit per role as JSON, overriding `predict`; default "
+        '{"admin": "100/minute"}',
     )
     predict_rows_per_day: int = Field(
         10_000, gt=0, description="predicted rows per subject per rolling day (batches count)"
     )
     predict_rows_tiers: dict[str, int] = Field(
-        default_factory=dict, description="rows per day per role, overriding the default"
+        default_factory=dict,
+        description='rows per day per role as JSON (e.g. {"admin": 100000}); default none',
     )
     crypto: str = Field("60/minute", description="crypto requests per token subject")
     crypto_tiers: dict[str, str] = Field(
-        default_factory=dict, description="crypto limit per role, overriding `crypto`"
+        default_factory=dict,
+        description="crypto limit per role as JSON, overriding `crypto`; default none",
     )
     breaker_seconds: float = Field(
         2.0,
