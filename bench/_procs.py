@@ -181,7 +181,7 @@ class Sampler:
     server once, RSS counts them in every worker).
     """
 
-    def __init__(self, roots: Iterable[int], interval: float = 0.5) -> None:
+    def __init__(self, roots: Iterable[int], interval: float = 1.0) -> None:
         self._roots = [psutil.Process(pid) for pid in roots]
         self._interval = interval
         self._stats: dict[int, ProcStat] = {}

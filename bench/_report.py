@@ -20,6 +20,8 @@ GOAL_P99_CONNECTIONS = 64
 GOAL_BATCH_ROWS_PER_S = 100_000
 GOAL_RSS_MB = 600
 GOAL_UP_S = 10.0
+# More CPU than this used by other processes during a run makes its numbers noise.
+NOISY_OTHER_CPU = 20
 
 
 def _first_line(argv: list[str]) -> str:
@@ -146,7 +148,7 @@ def goals(
 def table(runs: dict[str, dict[str, Any]], titles: dict[str, str]) -> str:
     head = (
         f"{'target':<32} {'req/s':>9} {'rows/s':>10} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8}"
-        f" {'non-2xx':>8} {'srv CPU%':>9} {'RSS MB':>7} {'wrk CPU%':>8}"
+        f" {'non-2xx':>8} {'srv CPU%':>9} {'RSS MB':>7} {'wrk CPU%':>8} {'other CPU%':>10}"
     )
     lines = [head, "-" * len(head)]
     for name, run in runs.items():
@@ -156,9 +158,24 @@ def table(runs: dict[str, dict[str, Any]], titles: dict[str, str]) -> str:
             f" {lat['p50']:>8.1f} {lat['p95']:>8.1f} {lat['p99']:>8.1f}"
             f" {run['non2xx'] + run['socket_errors']:>8}"
             f" {use['server_cpu_percent']:>9.0f} {use['total_rss_mb_peak']:>7.0f}"
-            f" {use['client_cpu_percent']:>8.0f}"
+            f" {use['client_cpu_percent']:>8.0f} {other_cpu(run):>10.0f}"
+        )
+    noisy = [name for name, run in runs.items() if other_cpu(run) > NOISY_OTHER_CPU]
+    if noisy:
+        lines.append(
+            f"WARNING: other processes on this machine used more than {NOISY_OTHER_CPU}% CPU "
+            f"during {', '.join(noisy)}: those numbers are not representative"
         )
     return "\n".join(lines)
+
+
+def other_cpu(run: dict[str, Any]) -> float:
+    """CPU used during a run by processes that are neither the target nor wrk."""
+    use = run["usage"]
+    return max(
+        0.0,
+        use["machine_cpu_percent"] - use["server_cpu_percent"] - use["client_cpu_percent"],
+    )
 
 
 def processes_table(run: dict[str, Any]) -> str:
@@ -274,8 +291,8 @@ def markdown(doc: dict[str, Any]) -> str:
     titles: dict[str, str] = doc["titles"]
     out = [
         "| target | requests/s | rows/s | p50 ms | p95 ms | p99 ms | non-2xx | server CPU % "
-        "| RSS MB |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| RSS MB | other CPU % |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, run in runs.items():
         lat, use = run["latency_ms"], run["usage"]
@@ -283,7 +300,7 @@ def markdown(doc: dict[str, Any]) -> str:
             f"| {titles.get(name, name)} | {run['rps']:,.0f} | {run['rows_per_s']:,.0f} "
             f"| {lat['p50']:.1f} | {lat['p95']:.1f} | {lat['p99']:.1f} "
             f"| {run['non2xx'] + run['socket_errors']} | {use['server_cpu_percent']:.0f} "
-            f"| {use['total_rss_mb_peak']:.0f} |"
+            f"| {use['total_rss_mb_peak']:.0f} | {other_cpu(run):.0f} |"
         )
     mark = {True: "met", False: "**missed**", None: "n/a"}
     out += ["", "| goal | target | measured | |", "|---|---|---|---|"]

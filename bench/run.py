@@ -153,6 +153,10 @@ def run(
         stack = target_info.get("stack")
         if stack:
             runs[name]["stack"] = stack
+    doc["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    doc["noisy_runs"] = [
+        k for k, v in runs.items() if _report.other_cpu(v) > _report.NOISY_OTHER_CPU
+    ]
     doc["ratios"] = _report.ratios(runs)
     doc["goals"] = _report.goals(runs, doc["ratios"], client.connections)
 
