@@ -7,12 +7,16 @@ and MG_CERTS_DIR.
 
 from __future__ import annotations
 
+import ipaddress
+import itertools
 import os
+import secrets
 import ssl
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -148,3 +152,98 @@ def native_stack(var_dir: Path, base_url: str, ca_file: str) -> NativeStack:
     if not (var_dir / "run" / "supervisor.sock").exists():
         pytest.fail(f"no native stack runs from {var_dir} (make up); deselect with -m 'not native'")
     return NativeStack(var_dir, base_url, ca_file)
+
+
+# -- auth: logins, the first admin's token, throwaway users -------------------------------
+# The login limit is per client address (5/minute by default), so every login through
+# these fixtures comes from its own loopback address. The range starts at a random place
+# each run: counters live in Redis, which may keep them from a run a minute ago.
+_SOURCE_BASE = 0x7F400000 + secrets.randbelow(0x3F0000)  # within 127.64.0.0/10
+_source_counter = itertools.count()
+
+
+def next_source_ip() -> str:
+    """A loopback address no earlier login of this test run has used."""
+    return str(ipaddress.IPv4Address(_SOURCE_BASE + next(_source_counter) % 0xFFFF))
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.fixture(scope="session")
+def admin_password(secrets_dir: Path) -> str:
+    return (secrets_dir / "admin_password").read_text().strip()
+
+
+@pytest.fixture(scope="session")
+def fresh_source_ip() -> Callable[[], str]:
+    """``fresh_source_ip()``: for clients other than httpx (bind it as the source address)."""
+    return next_source_ip
+
+
+@pytest.fixture(scope="session")
+def new_client(base_url: str, ca_file: str) -> Callable[[], httpx.Client]:
+    """``new_client()``: a client from a loopback address no earlier login has used."""
+    return lambda: make_client(base_url, ca_file, next_source_ip())
+
+
+@pytest.fixture(scope="session")
+def login_response(new_client: Callable[[], httpx.Client]) -> Callable[..., httpx.Response]:
+    """``login_response(username, password, scope=None, path="/auth/token")``: the raw answer."""
+
+    def post(
+        username: str, password: str, scope: str | None = None, path: str = "/auth/token"
+    ) -> httpx.Response:
+        form = {"grant_type": "password", "username": username, "password": password}
+        if scope is not None:
+            form["scope"] = scope
+        with new_client() as c:
+            return c.post(path, data=form)
+
+    return post
+
+
+@pytest.fixture(scope="session")
+def login(login_response: Callable[..., httpx.Response]) -> Callable[..., dict[str, Any]]:
+    """``login(username, password, scope=None)``: the token response (``access_token``,
+    ``refresh_token``, ``scope``, …) of a successful password grant."""
+
+    def do(username: str, password: str, scope: str | None = None) -> dict[str, Any]:
+        response = login_response(username, password, scope)
+        assert response.status_code == 200, response.text
+        return dict(response.json())
+
+    return do
+
+
+@pytest.fixture
+def admin_token(login: Callable[..., dict[str, Any]], admin_password: str) -> str:
+    """A fresh access token of the first admin (``admin``)."""
+    return str(login("admin", admin_password)["access_token"])
+
+
+@pytest.fixture
+def make_user(client: httpx.Client, admin_token: str) -> Iterator[Callable[..., dict[str, str]]]:
+    """``make_user(role="user", username=None, password=None, **fields)`` creates a user
+    through the admin API and returns ``{"username", "password", "role"}``; the users
+    are removed after the test."""
+    created: list[str] = []
+
+    def make(
+        role: str = "user",
+        username: str | None = None,
+        password: str | None = None,
+        **fields: Any,
+    ) -> dict[str, str]:
+        name = username or f"t-{secrets.token_hex(6)}"
+        secret = password or secrets.token_urlsafe(18)
+        body = {"username": name, "password": secret, "role": role, **fields}
+        response = client.post("/auth/users", json=body, headers=bearer(admin_token))
+        assert response.status_code == 201, response.text
+        created.append(name)
+        return {"username": name, "password": secret, "role": role}
+
+    yield make
+    for name in created:
+        client.delete(f"/auth/users/{name}", headers=bearer(admin_token))
