@@ -23,7 +23,9 @@ def ensure_admin_password(paths: ProjectPaths) -> list[str]:
     path: Path = paths.secrets / "admin_password"
     if path.exists():
         return []
-    write_private(path, secrets.token_urlsafe(24) + "\n")
+    # No trailing newline: `curl --data-urlencode password@secrets/admin_password` sends
+    # the file byte for byte.
+    write_private(path, secrets.token_urlsafe(24))
     return ["admin password (secrets/admin_password)"]
 
 
