@@ -47,6 +47,7 @@ class Accounts:
         self.addresses = loopback_addresses()
         self.run = secrets.token_hex(3)
         self.count = itertools.count(1)
+        self.created: list[str] = []
         admin_password = (secrets_dir / "admin_password").read_text().strip()
         self.admin = self.login("admin", admin_password)
 
@@ -64,7 +65,16 @@ class Accounts:
                 "/auth/users", json={"username": username, "password": password, "role": "user"}
             )
         assert response.status_code == 201, response.text
+        self.created.append(username)
         return username, self.login(username, password)
+
+    def remove_all(self) -> None:
+        """Delete the users this run made (their ciphertexts are the tests' own)."""
+        with make_client(self.base_url, self.ca_file, headers=self.admin) as client:
+            for username in self.created:
+                response = client.delete(f"/auth/users/{username}")
+                assert response.status_code in (200, 204), response.text
+        self.created.clear()
 
 
 def encrypt(client: httpx.Client, headers: Headers, plaintext: str) -> str:

@@ -39,3 +39,4 @@ def test_ciphertexts_decrypt_after_a_full_restart(
             response = decrypt(client, alice, ciphertext)
             assert response.status_code == 200
             assert response.json() == {"plaintext": plaintext}
+    accounts.remove_all()

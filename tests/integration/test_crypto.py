@@ -23,8 +23,10 @@ from crypto_helpers import (
 
 
 @pytest.fixture(scope="module")
-def accounts(base_url: str, ca_file: str, secrets_dir: Path) -> Accounts:
-    return Accounts(base_url, ca_file, secrets_dir)
+def accounts(base_url: str, ca_file: str, secrets_dir: Path) -> Iterator[Accounts]:
+    made = Accounts(base_url, ca_file, secrets_dir)
+    yield made
+    made.remove_all()
 
 
 @pytest.fixture
