@@ -321,7 +321,7 @@ class VersionSync:
                 await asyncio.sleep(self.poll_seconds)
             finally:
                 try:
-                    await pubsub.aclose()  # type: ignore[attr-defined]
+                    await pubsub.aclose()
                 except Exception:  # closing a broken connection may fail too
                     log.debug("pubsub close failed")
 
@@ -331,7 +331,7 @@ class VersionSync:
             pins = await self.redis.hgetall(self.pins_key)
             failures = []
             for raw_name, raw_version in pins.items():
-                name, version = raw_name.decode(), raw_version.decode()
+                name, version = _text(raw_name), _text(raw_version)
                 if self.registry.default_version(name) == version:
                     self._failed.pop(name, None)
                     continue
@@ -390,7 +390,12 @@ class VersionSync:
     async def _wait_for_acks(self, key: str, receivers: int) -> list[str]:
         deadline = time.monotonic() + self.ack_seconds
         while True:
-            acks = [a.decode() for a in await self.redis.lrange(key, 0, -1)]
+            acks = [_text(a) for a in await self.redis.lrange(key, 0, -1)]
             if len(acks) >= receivers or time.monotonic() > deadline:
                 return acks
             await asyncio.sleep(0.02)
+
+
+def _text(value: bytes | str) -> str:
+    """Redis answers bytes (the client is not set to decode)."""
+    return value.decode() if isinstance(value, bytes) else value
