@@ -119,6 +119,18 @@ class NativeStack:
         assert pid > 0, f"{program} is not running"
         return pid
 
+    def state(self, program: str) -> str:
+        """supervisord's state of a program: RUNNING, STOPPED, EXITED, STARTING, ..."""
+        fields = self.ctl("status", program, check=False).split()
+        return fields[1] if len(fields) > 1 else "UNKNOWN"
+
+    def wait_state(self, program: str, states: set[str], timeout: float = 40.0) -> str:
+        deadline = time.monotonic() + timeout
+        while (state := self.state(program)) not in states:
+            assert time.monotonic() < deadline, f"{program} still {state} after {timeout} s"
+            time.sleep(0.1)
+        return state
+
     def stop(self, program: str) -> None:
         self.ctl("stop", program)
 
