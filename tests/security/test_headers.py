@@ -8,7 +8,7 @@ Each status comes from the component that really produces it: nginx (200
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
@@ -76,3 +76,64 @@ def test_headers_on_502_with_service_stopped(
     assert_hardened(response)
     # The service is back and answers the same path itself.
     assert client.get(path).status_code < 500
+
+
+def test_headers_on_401_from_each_service(
+    client: httpx.Client, assert_hardened: Callable[[httpx.Response], None]
+) -> None:
+    for method, path in [
+        ("GET", "/auth/users/me"),
+        ("GET", "/v1/models"),
+        ("POST", "/crypto/encrypt"),
+    ]:
+        response = client.request(method, path, headers={"Authorization": "Bearer not.a.jwt"})
+        assert response.status_code == 401, path
+        assert response.headers["www-authenticate"].startswith("Bearer")
+        assert_hardened(response)
+
+
+def test_headers_on_403_user_on_admin_route(
+    client: httpx.Client,
+    assert_hardened: Callable[[httpx.Response], None],
+    make_user: Callable[..., dict[str, str]],
+    login: Callable[..., dict[str, Any]],
+) -> None:
+    user = make_user()
+    token = login(user["username"], user["password"])["access_token"]
+    response = client.get("/auth/users", headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 403
+    assert_hardened(response)
+
+
+def test_headers_on_422_from_each_service(
+    client: httpx.Client, assert_hardened: Callable[[httpx.Response], None], admin_token: str
+) -> None:
+    auth = {"Authorization": f"Bearer {admin_token}"}
+    for path, body in [
+        ("/auth/users", {"username": "x", "password": "short", "surprise": 1}),
+        ("/v1/models/iris/predict", {"instances": [{"sepal_length": "NaN"}]}),
+        ("/crypto/encrypt", {"plaintext": 12, "unknown": True}),
+    ]:
+        response = client.post(path, json=body, headers=auth)
+        assert response.status_code == 422, (path, response.text)
+        assert_hardened(response)
+
+
+def test_headers_on_429_predict_limit(
+    client: httpx.Client,
+    assert_hardened: Callable[[httpx.Response], None],
+    make_user: Callable[..., dict[str, str]],
+    login: Callable[..., dict[str, Any]],
+) -> None:
+    user = make_user()  # a new subject: its predict bucket starts empty
+    auth = {"Authorization": f"Bearer {login(user['username'], user['password'])['access_token']}"}
+    iris = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
+    statuses = []
+    for _ in range(40):
+        response = client.post("/predict", json=iris, headers=auth)
+        statuses.append(response.status_code)
+        if response.status_code == 429:
+            break
+    assert statuses[-1] == 429 and set(statuses[:-1]) == {200}, statuses
+    assert int(response.headers["retry-after"]) >= 1
+    assert_hardened(response)
