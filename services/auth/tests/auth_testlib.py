@@ -13,6 +13,7 @@ from fastapi.testclient import TestClient
 from modelgate_auth.config import AuthSettings
 from modelgate_auth.keys import KeyStore
 from modelgate_common import CommonSettings
+from modelgate_common.testing import GENEROUS_LIMITS
 
 ADMIN_PASSWORD = "first-admin-password-for-tests"
 USER_PASSWORD = "a-long-enough-user-password"
@@ -46,6 +47,7 @@ def make_settings(root: Path, redis_url: str, **overrides: Any) -> AuthSettings:
             var_dir=root / "var",
             redis_url=redis_url,
             environment="development",
+            ratelimit=GENEROUS_LIMITS,  # test_auth_ratelimit.py tests the real ones
         ),
         # Light argon2id parameters keep the suite fast; the algorithm is the same.
         "argon2_time_cost": 1,

@@ -19,6 +19,7 @@ from modelgate_common import (
     Unauthorized,
     authenticate,
     error_responses,
+    login_rate_limit,
 )
 
 from .db import User
@@ -42,6 +43,8 @@ router = APIRouter()
 T = TypeVar("T")
 
 CurrentPrincipal = Annotated[Principal, Security(authenticate)]
+# Client IP and user-name failure budgets, spent before the password check (429/503).
+SignInLimited = Annotated[None, Depends(login_rate_limit)]
 
 
 async def _admin(
@@ -117,6 +120,7 @@ def _token_response(pair: TokenPair, response: Response) -> TokenResponse:
 async def token(
     request: Request,
     response: Response,
+    _: SignInLimited,
     service: Service,
     username: Annotated[str, Form(min_length=1, max_length=256)],
     password: Annotated[str, Form(min_length=1, max_length=PASSWORD_MAX)],
