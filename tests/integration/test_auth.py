@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import ssl
-import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,9 +14,9 @@ import httpx
 import jwt as pyjwt
 import pytest
 from authlib.integrations.requests_client import OAuth2Session
+from modelgate_auth.keys import KeyStore
 from requests.adapters import HTTPAdapter
 
-ROOT = Path(__file__).resolve().parents[2]
 ISSUER = os.environ.get("MG_JWT_ISSUER", "modelgate-auth")
 AUDIENCE = os.environ.get("MG_JWT_AUDIENCE", "modelgate")
 CLAIMS = ["iss", "aud", "sub", "role", "scope", "iat", "nbf", "exp", "jti"]
@@ -254,32 +253,25 @@ def test_login_with_a_129_character_password_is_422(
     assert "p" * 129 not in response.text
 
 
-def _modelgate(secrets_dir: Path, var_dir: Path, *args: str) -> str:
-    venv = Path(os.environ.get("MG_VENV", ROOT / ".venv"))
-    env = {**os.environ, "MG_SECRETS_DIR": str(secrets_dir), "MG_VAR_DIR": str(var_dir)}
-    done = subprocess.run(
-        [str(venv / "bin" / "modelgate"), *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    return done.stdout
+def _keystore(secrets_dir: Path) -> KeyStore:
+    """The same key files `modelgate keys rotate-jwt|retire-jwt` edit (the CLI itself is
+    tested in cli/tests; calling it in-process here saves its start-up time)."""
+    jwks = Path(os.environ.get("MG_JWKS_FILE", secrets_dir / "jwks.json"))
+    return KeyStore(secrets_dir / "jwt", jwks)
 
 
 @pytest.mark.native
 def test_key_rotation_with_tokens_of_both_keys_in_flight(
     native_stack: Any,
     secrets_dir: Path,
-    var_dir: Path,
     login: Callable[..., dict[str, Any]],
     make_user: Callable[..., dict[str, str]],
     client: httpx.Client,
 ) -> None:
     user = make_user()
     old = login(user["username"], user["password"])["access_token"]
-    _modelgate(secrets_dir, var_dir, "keys", "rotate-jwt")
+    store = _keystore(secrets_dir)
+    store.rotate()
     time.sleep(1.2)  # the signer and the verifiers look at the JWKS file once a second
     middle = login(user["username"], user["password"])["access_token"]
     middle_kid = pyjwt.get_unverified_header(middle)["kid"]
@@ -290,10 +282,10 @@ def test_key_rotation_with_tokens_of_both_keys_in_flight(
     assert statuses(client, old) == [200, 200, 200]
     assert statuses(client, middle) == [200, 200, 200]
 
-    _modelgate(secrets_dir, var_dir, "keys", "rotate-jwt")
+    store.rotate()
     time.sleep(1.2)
     newest = login(user["username"], user["password"])["access_token"]
-    _modelgate(secrets_dir, var_dir, "keys", "retire-jwt", middle_kid, "--force")
+    store.retire(middle_kid, min_age=0)
     time.sleep(1.2)
     published = [k["kid"] for k in client.get("/auth/.well-known/jwks.json").json()["keys"]]
     assert middle_kid not in published

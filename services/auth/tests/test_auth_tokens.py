@@ -267,3 +267,23 @@ def test_jwks_publishes_public_keys_only(client: TestClient, admin_token: str) -
     assert len(keys) == 1
     assert set(keys[0]) == {"kty", "use", "alg", "kid", "n", "e"}
     assert keys[0]["kid"] == jwt.get_unverified_header(admin_token)["kid"]
+
+
+def _login_count(client: TestClient, outcome: str) -> float:
+    text = client.get("/metrics").text
+    for line in text.splitlines():
+        if line.startswith("modelgate_logins_total{") and f'outcome="{outcome}"' in line:
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_login_outcomes_are_counted(client: TestClient, make_user: Any) -> None:
+    make_user("alice")
+    before = {o: _login_count(client, o) for o in ("success", "bad_password", "unknown_user")}
+    login(client, "alice", USER_PASSWORD)
+    login(client, "alice", "not-the-right-password")
+    login(client, "nobody", "not-the-right-password")
+    login(client, "nobody", "not-the-right-password")
+    assert _login_count(client, "success") == before["success"] + 1
+    assert _login_count(client, "bad_password") == before["bad_password"] + 1
+    assert _login_count(client, "unknown_user") == before["unknown_user"] + 2

@@ -363,3 +363,14 @@ def test_no_password_or_token_in_any_log_line(
     ]
     for secret in secrets:
         assert secret not in everything
+
+
+def test_hash_is_upgraded_when_the_parameters_change(tmp_path: Path, redis_url: str) -> None:
+    settings = make_settings(tmp_path, redis_url)
+    with TestClient(create_app(settings)):
+        pass
+    assert "$m=1024,t=1,p=1$" in _password_hash(settings, "admin")
+    stronger = make_settings(tmp_path, redis_url, argon2_memory_kib=2048, argon2_time_cost=2)
+    with TestClient(create_app(stronger)) as client:
+        assert login(client, "admin", ADMIN_PASSWORD).status_code == 200
+    assert "$m=2048,t=2,p=1$" in _password_hash(settings, "admin")

@@ -10,7 +10,7 @@ from pwdlib.hashers.argon2 import Argon2Hasher
 
 
 class Passwords:
-    def __init__(self, time_cost: int = 3, memory_kib: int = 65_536, parallelism: int = 4) -> None:
+    def __init__(self, time_cost: int = 2, memory_kib: int = 19_456, parallelism: int = 1) -> None:
         self._hash = PasswordHash(
             (Argon2Hasher(time_cost=time_cost, memory_cost=memory_kib, parallelism=parallelism),)
         )

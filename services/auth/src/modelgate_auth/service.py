@@ -30,6 +30,7 @@ from modelgate_common import (
     Unauthorized,
     audit,
 )
+from modelgate_common._metrics import LOGINS
 from sqlalchemy import Engine, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
@@ -384,11 +385,13 @@ class AuthService:
         if user is None:
             self.passwords.dummy_verify(password)
             audit("login_failed", user=username[:64], reason="unknown_user", client_ip=client_ip)
+            LOGINS.labels("unknown_user").inc()
             raise InvalidCredentials()
         valid, new_hash = self.passwords.verify(password, user.password_hash)
         if not valid or user.disabled:
             reason = "disabled" if valid else "bad_password"
             audit("login_failed", user=username, reason=reason, client_ip=client_ip)
+            LOGINS.labels(reason).inc()
             raise InvalidCredentials()
         granted = narrow_scope(user.role, scope)
         now = int(time.time())
@@ -404,6 +407,7 @@ class AuthService:
             session.add(family)
             pair = self._issue(session, current, family.id, granted, now)
         audit("login", user=username, client_ip=client_ip, jti=pair.jti, scope=granted)
+        LOGINS.labels("success").inc()
         return pair
 
     def refresh(self, refresh_token: str, client_ip: str | None) -> TokenPair:
