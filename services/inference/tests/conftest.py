@@ -4,7 +4,6 @@ store built once per session (demo models) and copied for each test."""
 from __future__ import annotations
 
 import contextlib
-import json
 import shutil
 import socket
 import subprocess
@@ -17,19 +16,12 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
+from inference_testdata import Audit, Serve
 from modelgate_common.testing import TokenFactory
 from modelgate_inference.builder import build_demo
 from modelgate_inference.config import InferenceSettings
 from modelgate_inference.main import create_app
 from modelgate_inference.store import ensure_signing_key
-
-IRIS_SAMPLES = [
-    # (row, class) known iris flowers: setosa, versicolor, virginica
-    ({"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}, 0),
-    ({"sepal_length": 6.4, "sepal_width": 3.2, "petal_length": 4.5, "petal_width": 1.5}, 1),
-    ({"sepal_length": 6.7, "sepal_width": 3.0, "petal_length": 5.2, "petal_width": 2.3}, 2),
-]
-IRIS_FEATURES = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
 
 
 def _free_port() -> int:
@@ -103,8 +95,8 @@ def make_settings(
 ) -> Callable[..., InferenceSettings]:
     namespace = f"test:{uuid.uuid4().hex[:12]}"  # each test its own Redis keys
 
-    def make(**overrides: Any) -> InferenceSettings:
-        common = tokens.settings(var_dir=tmp_path / "var", redis_url=redis_url)
+    def make(redis: str | None = None, **overrides: Any) -> InferenceSettings:
+        common = tokens.settings(var_dir=tmp_path / "var", redis_url=redis or redis_url)
         values: dict[str, Any] = {
             "common": common,
             "model_store": store,
@@ -132,9 +124,6 @@ async def serve(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
             yield c
 
 
-Serve = Callable[[FastAPI], contextlib.AbstractAsyncContextManager[httpx.AsyncClient]]
-
-
 @pytest.fixture
 def served() -> Serve:
     """Run another app (other settings, a second 'worker') in a test."""
@@ -155,21 +144,6 @@ def auth(tokens: TokenFactory) -> Callable[..., dict[str, str]]:
         return {"Authorization": f"Bearer {tokens.mint(sub, role, **claims)}"}
 
     return headers
-
-
-class Audit:
-    """The audit file the service writes, read back as JSON lines."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def lines(self) -> list[dict[str, Any]]:
-        if not self.path.exists():
-            return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line]
-
-    def raw(self) -> str:
-        return self.path.read_text() if self.path.exists() else ""
 
 
 @pytest.fixture

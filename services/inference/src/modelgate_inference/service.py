@@ -19,7 +19,7 @@ from typing import Any, Protocol
 import numpy as np
 import redis.asyncio as aioredis
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from modelgate_common import CheckResult, NotFound, Principal, ServiceUnavailable, audit
+from modelgate_common import CheckResult, Conflict, NotFound, Principal, ServiceUnavailable, audit
 from starlette.concurrency import run_in_threadpool
 
 from .runtime import LoadedModel, load_model
@@ -281,6 +281,7 @@ class VersionSync:
         self._task: asyncio.Task[None] | None = None
         self._failed: dict[str, str] = {}
         self._apply_lock = asyncio.Lock()
+        self._stopping = False
 
     async def start(self) -> None:
         try:
@@ -290,21 +291,27 @@ class VersionSync:
         self._task = asyncio.create_task(self._listen(), name="version-sync")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        task, self._task = self._task, None
+        if task is None:
+            return
+        self._stopping = True
+        # A cancel that lands while redis-py's read timeout fires is swallowed on
+        # Python 3.11 (asyncio.timeout), so cancel until the task is really done.
+        while not task.done():
+            task.cancel()
+            await asyncio.wait({task}, timeout=0.1)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning(
+                "version sync ended with an error", extra={"reason": repr(task.exception())}
+            )
 
     async def _listen(self) -> None:
-        while True:
+        while not self._stopping:
             pubsub = self.redis.pubsub()
             try:
                 await pubsub.subscribe(self.channel)
                 await self.sync()  # catch up on anything missed while away
-                while True:
+                while not self._stopping:
                     message = await pubsub.get_message(
                         ignore_subscribe_messages=True, timeout=self.poll_seconds
                     )
@@ -362,10 +369,17 @@ class VersionSync:
             version = self.registry.latest_in_store(name)
             if version is None:
                 raise NotFound("model not found in the store")
-        await run_in_threadpool(self.registry.load_version, name, version)
+        try:
+            await run_in_threadpool(self.registry.load_version, name, version)
+        except ModelRefused as exc:
+            raise Conflict(f"version {version} refused: {exc.reason}") from None
         request_id = uuid.uuid4().hex
         try:
             await self.redis.hset(self.pins_key, name, version)
+            # This worker switches now; every subscribed worker (this one included,
+            # when subscribed) acknowledges; one that is not subscribed right now
+            # catches up from the hash within poll_seconds of reconnecting.
+            self.registry.set_default(name, version)
             receivers = int(await self.redis.publish(self.channel, request_id))
             acks = await self._wait_for_acks(self.ack_prefix + request_id, receivers)
         except (OSError, aioredis.RedisError):
