@@ -102,3 +102,15 @@ def test_missing_private_key_of_the_newest_is_replaced(tmp_path: Path) -> None:
     second = store.ensure()
     assert second is not None and second != first
     assert store.kids() == [second, first]
+
+
+def test_ensure_writes_nothing_when_a_key_exists(tmp_path: Path) -> None:
+    store = KeyStore(tmp_path / "jwt", tmp_path / "jwks.json")
+    store.ensure()
+    (tmp_path / "jwt" / ".lock").unlink()
+    (tmp_path / "jwt").chmod(0o500)  # a read-only secrets mount, as in the containers
+    try:
+        assert store.ensure() is None
+        assert not (tmp_path / "jwt" / ".lock").exists()
+    finally:
+        (tmp_path / "jwt").chmod(0o700)

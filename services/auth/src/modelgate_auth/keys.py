@@ -132,11 +132,16 @@ class KeyStore:
 
     def ensure(self) -> str | None:
         """Create a signing key when there is none usable; return its kid if one was made."""
+        if self._usable():
+            return None  # no lock, no write: works on a read-only secrets mount
         with self._locked():
-            kids = self.kids()
-            if kids and self.private_path(kids[0]).is_file():
+            if self._usable():
                 return None
             return self._add_key()
+
+    def _usable(self) -> bool:
+        kids = self.kids()
+        return bool(kids) and self.private_path(kids[0]).is_file()
 
     def rotate(self) -> str:
         """Add a new newest key: it signs from now on; older keys keep verifying."""
