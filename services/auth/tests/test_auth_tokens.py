@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -11,7 +12,9 @@ from auth_testlib import ADMIN_PASSWORD, USER_PASSWORD, bearer, login
 from fastapi.testclient import TestClient
 from jose import jwt
 from modelgate_auth.config import AuthSettings
+from modelgate_auth.service import RefreshRejected
 from modelgate_common import ADMIN_SCOPES, USER_SCOPES, KeySet
+from sqlalchemy import text
 
 
 def _refresh(client: TestClient, token: str) -> int:
@@ -287,3 +290,37 @@ def test_login_outcomes_are_counted(client: TestClient, make_user: Any) -> None:
     assert _login_count(client, "success") == before["success"] + 1
     assert _login_count(client, "bad_password") == before["bad_password"] + 1
     assert _login_count(client, "unknown_user") == before["unknown_user"] + 2
+
+
+def test_concurrent_use_of_one_refresh_token_lets_exactly_one_through(
+    client: TestClient, user_tokens: dict[str, Any]
+) -> None:
+    service = client.app.state.auth_service  # type: ignore[attr-defined]
+    token = user_tokens["refresh_token"]
+
+    def attempt(_: int) -> str:
+        try:
+            service.refresh(token, None)
+        except RefreshRejected:
+            return "rejected"
+        return "issued"
+
+    with ThreadPoolExecutor(8) as pool:
+        outcomes = list(pool.map(attempt, range(8)))
+    # One winner; every other attempt is a reuse (never a database error).
+    assert outcomes.count("issued") == 1
+    assert outcomes.count("rejected") == 7
+
+
+def test_expired_refresh_tokens_are_pruned(
+    client: TestClient, user_tokens: dict[str, Any], settings: AuthSettings
+) -> None:
+    service = client.app.state.auth_service  # type: ignore[attr-defined]
+    with service.engine.begin() as conn:
+        conn.execute(text("UPDATE refresh_tokens SET expires_at = 0"))
+    assert service.prune_refresh_tokens() >= 1
+    with service.engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM refresh_tokens")).scalar_one() == 0
+        assert conn.execute(text("SELECT count(*) FROM refresh_families")).scalar_one() == 0
+    assert _refresh(client, user_tokens["refresh_token"]) == 401
+    assert login(client, "alice", USER_PASSWORD).status_code == 200

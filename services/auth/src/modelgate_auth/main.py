@@ -72,16 +72,17 @@ def create_app(settings: AuthSettings | None = None) -> FastAPI:
         async with shared_resources(app, settings.common):
             publisher = RevocationPublisher(app.state.redis, service.sessions)
             app.state.revocations = publisher
-            await anyio.to_thread.run_sync(publisher.prune)
             await publisher.sync()  # a revoked token stays revoked after a Redis restart
             task = asyncio.create_task(publisher.run(settings.revocation_sync_interval))
+            housekeeping = asyncio.create_task(_housekeeping(service, publisher))
             _add_checks(app.state.health, service)
             try:
                 yield
             finally:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+                for background in (task, housekeeping):
+                    background.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await background
                 service.engine.dispose()
 
     app = create_service_app(
@@ -89,6 +90,19 @@ def create_app(settings: AuthSettings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     return app
+
+
+async def _housekeeping(
+    service: AuthService, publisher: RevocationPublisher, interval: float = 3600.0
+) -> None:
+    """Hourly: drop revocations and refresh tokens that have expired."""
+    while True:
+        try:
+            await anyio.to_thread.run_sync(publisher.prune)
+            await anyio.to_thread.run_sync(service.prune_refresh_tokens)
+        except Exception as exc:  # a busy database now is not fatal; try next time
+            log.warning("housekeeping failed", extra={"reason": type(exc).__name__})
+        await asyncio.sleep(interval)
 
 
 def _add_checks(checks: HealthChecks, service: AuthService) -> None:

@@ -31,7 +31,7 @@ from modelgate_common import (
     audit,
 )
 from modelgate_common._metrics import LOGINS
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -377,6 +377,17 @@ class AuthService:
             session.delete(user)
         audit("user_deleted", user=username, actor=actor)
         return outcome
+
+    # -- housekeeping ----------------------------------------------------------------
+    def prune_refresh_tokens(self) -> int:
+        """Delete expired refresh tokens and the families left without any; return how
+        many tokens went. (A spent token is kept until it expires: reuse detection.)"""
+        now = int(time.time())
+        with self.sessions.begin() as session:
+            result = session.execute(delete(RefreshToken).where(RefreshToken.expires_at <= now))
+            live_families = select(RefreshToken.family_id).distinct()
+            session.execute(delete(RefreshFamily).where(RefreshFamily.id.not_in(live_families)))
+            return int(getattr(result, "rowcount", 0) or 0)
 
     # -- tokens ----------------------------------------------------------------------
     def login(self, username: str, password: str, scope: str, client_ip: str | None) -> TokenPair:
