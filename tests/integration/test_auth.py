@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import ssl
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -301,3 +302,32 @@ def test_jwks_is_public_and_has_no_private_members(client: httpx.Client) -> None
     for key in response.json()["keys"]:
         assert key["kty"] == "RSA" and key["alg"] == "RS256" and key["kid"]
         assert not {"d", "p", "q", "dp", "dq", "qi"} & key.keys()
+
+
+@pytest.mark.native
+def test_no_password_or_token_in_any_log_file(
+    var_dir: Path,
+    native_stack: Any,
+    login: Callable[..., dict[str, Any]],
+    login_response: Callable[..., httpx.Response],
+    make_user: Callable[..., dict[str, str]],
+    client: httpx.Client,
+) -> None:
+    user = make_user()
+    wrong = f"wrong-{uuid.uuid4().hex}"
+    assert login_response(user["username"], wrong).status_code == 401
+    first = login(user["username"], user["password"])
+    second = client.post("/auth/refresh", json={"refresh_token": first["refresh_token"]}).json()
+    client.post("/auth/refresh", json={"refresh_token": first["refresh_token"]})  # reuse
+    client.post("/auth/logout", headers=bearer(second["access_token"]))
+    time.sleep(1.5)  # nginx flushes its access log buffer every second
+    logs = {path: path.read_text(errors="replace") for path in (var_dir / "log").rglob("*")
+            if path.is_file()}  # fmt: skip
+    everything = "\n".join(logs.values())
+    assert user["username"] in everything  # the events were logged, by name
+    secrets = [user["password"], wrong, first["access_token"], first["refresh_token"],
+               second["access_token"], second["refresh_token"],
+               first["access_token"].rsplit(".", 1)[1]]  # fmt: skip
+    for secret in secrets:
+        leaks = [str(path) for path, text in logs.items() if secret in text]
+        assert not leaks, f"a secret appears in {leaks}"
