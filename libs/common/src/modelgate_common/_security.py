@@ -223,7 +223,8 @@ def _principal_from_claims(claims: dict[str, Any]) -> Principal:
         raise Unauthorized("token claims are invalid")
     if not all(isinstance(claims.get(c), str) for c in ("sub", "jti")):
         raise Unauthorized("token claims are invalid")
-    if not all(isinstance(claims.get(c), int) for c in ("iat", "exp")):
+    # Whole numbers only: the library would also take "0" or true for a time.
+    if not all(type(claims.get(c)) is int for c in ("iat", "nbf", "exp")):
         raise Unauthorized("token claims are invalid")
     return Principal(
         subject=claims["sub"],
