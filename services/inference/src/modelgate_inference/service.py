@@ -180,8 +180,11 @@ class ModelRegistry:
             f"{name}:{version} ({snap.models[name][version].runtime.kind})"
             for name, version in sorted(snap.defaults.items())
         )
+        # A refused version whose folder was removed since is no longer news.
         refused = "; ".join(
-            f"{n}:{v} refused: {why}" for (n, v), why in sorted(self.refused.items())
+            f"{n}:{v} refused: {why}"
+            for (n, v), why in sorted(self.refused.items())
+            if (self.store / n / v).exists()
         )
         if not snap.defaults:
             return CheckResult("fail", refused or "no models in the store")
