@@ -13,6 +13,7 @@ from fastapi.testclient import TestClient
 from modelgate_auth.config import AuthSettings
 from modelgate_auth.main import create_app
 from modelgate_auth.schemas import clean_text
+from modelgate_common import RateLimitSettings
 from modelgate_common._logging import JsonFormatter
 from sqlalchemy import create_engine, text
 
@@ -374,3 +375,29 @@ def test_hash_is_upgraded_when_the_parameters_change(tmp_path: Path, redis_url: 
     with TestClient(create_app(stronger)) as client:
         assert login(client, "admin", ADMIN_PASSWORD).status_code == 200
     assert "$m=2048,t=2,p=1$" in _password_hash(settings, "admin")
+
+
+def test_current_password_guesses_count_as_failed_sign_ins(tmp_path: Path, redis_url: str) -> None:
+    settings = make_settings(tmp_path, redis_url)
+    settings.common.ratelimit = RateLimitSettings(login="100/minute", login_failures="3/hour")
+    with TestClient(create_app(settings)) as client:
+        admin = login(client, "admin", ADMIN_PASSWORD).json()["access_token"]
+        body = {"username": "alice", "password": USER_PASSWORD}
+        client.post("/auth/users", json=body, headers=bearer(admin))
+        headers = bearer(login(client, "alice", USER_PASSWORD).json()["access_token"])
+        guesses = [
+            client.patch(
+                "/auth/users/me",
+                json={"password": "a-new-password-123", "current_password": f"guess-{i}-xxxx"},
+                headers=headers,
+            ).status_code
+            for i in range(3)
+        ]
+        assert guesses == [403, 403, 403]
+        right = {"password": "a-new-password-123", "current_password": USER_PASSWORD}
+        assert client.patch("/auth/users/me", json=right, headers=headers).status_code == 429
+        # The user name's sign-in budget is the same one.
+        assert login(client, "alice", USER_PASSWORD).status_code == 429
+        # A full-name change needs no password and is not throttled.
+        named = client.patch("/auth/users/me", json={"full_name": "Alice"}, headers=headers)
+        assert named.status_code == 200

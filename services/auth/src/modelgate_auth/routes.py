@@ -16,11 +16,13 @@ from modelgate_common import (
     Forbidden,
     NotFound,
     Principal,
+    SharedRateLimiter,
     Unauthorized,
     authenticate,
     error_responses,
     login_rate_limit,
 )
+from slowapi.util import get_remote_address
 
 from .db import User
 from .keys import KeyStore
@@ -215,15 +217,26 @@ async def update_me(
     session ends). Only an admin can set a role: a ``role`` here is refused."""
     if body.role is not None:
         raise Forbidden("only an admin can set a role")
-    outcome = await _run_hashing(
-        request,
-        service.update_self,
-        principal.subject,
-        body.full_name,
-        "full_name" in body.model_fields_set,
-        body.password.get_secret_value() if body.password else None,
-        body.current_password.get_secret_value() if body.current_password else None,
-    )
+    limiter: SharedRateLimiter | None = None
+    if body.password is not None:
+        # Checking the current password is a password guess like a sign-in: a stolen
+        # access token must not become an unthrottled oracle for it.
+        limiter = request.app.state.ratelimiter
+        await limiter.check_login(get_remote_address(request), principal.subject)
+    try:
+        outcome = await _run_hashing(
+            request,
+            service.update_self,
+            principal.subject,
+            body.full_name,
+            "full_name" in body.model_fields_set,
+            body.password.get_secret_value() if body.password else None,
+            body.current_password.get_secret_value() if body.current_password else None,
+        )
+    except Forbidden:
+        if limiter is not None:
+            await limiter.record_login_failure(principal.subject)
+        raise
     await _push(request, outcome.revocations)
     assert outcome.user is not None
     return _user_out(outcome.user)
