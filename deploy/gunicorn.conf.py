@@ -11,7 +11,8 @@ _port = os.environ.get(f"MG_{_service.upper()}_PORT", "8000")
 
 bind = [f"{os.environ.get('MG_SERVICE_BIND', '127.0.0.1')}:{_port}"]
 workers = int(os.environ.get("MG_WORKERS", "2"))
-worker_class = "uvicorn_worker.UvicornWorker"
+# Drains keep-alive connections before stopping (see modelgate_common._worker).
+worker_class = "modelgate_common.DrainingUvicornWorker"
 proc_name = f"modelgate-{_service}"
 # Only nginx may tell us the client address; never "*".
 forwarded_allow_ips = os.environ.get("MG_FORWARDED_ALLOW_IPS", "127.0.0.1")

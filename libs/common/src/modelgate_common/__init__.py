@@ -42,6 +42,7 @@ from ._security import (
     revoked_subject_key,
 )
 from ._settings import CommonSettings, RateLimitSettings, read_secret
+from ._worker import DrainingUvicornWorker
 
 __all__ = [
     "ADMIN_SCOPES",
@@ -52,6 +53,7 @@ __all__ = [
     "CheckResult",
     "CommonSettings",
     "Conflict",
+    "DrainingUvicornWorker",
     "Forbidden",
     "HealthChecks",
     "JsonResponse",

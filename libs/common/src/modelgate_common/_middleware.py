@@ -11,6 +11,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ._logging import request_id_var
 from ._metrics import LATENCY, REQUESTS, service_name
+from ._worker import drain_state
 
 access_log = logging.getLogger("modelgate.access")
 
@@ -49,6 +50,8 @@ class RequestContextMiddleware:
                     *message.get("headers", []),
                     (b"x-request-id", request_id.encode()),
                 ]
+                if drain_state.active:  # stopping: nginx must not reuse this connection
+                    message["headers"].append((b"connection", b"close"))
             await send(message)
 
         try:

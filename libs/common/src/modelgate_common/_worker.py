@@ -1,0 +1,70 @@
+"""A gunicorn worker that drains keep-alive connections before it stops.
+
+nginx keeps idle keep-alive connections to every worker. A stock uvicorn
+worker closes its idle connections the moment it is told to stop (SIGTERM on
+`make down`, on a gunicorn HUP reload, on scale-down); a request nginx wrote
+into one of them at that instant is reset, and nginx never retries a POST, so
+the client gets a 502. This worker first *drains* for ``MG_DRAIN_SECONDS``:
+it keeps serving, but every response says ``Connection: close``, so nginx
+stops reusing its connections, and connections nobody uses are closed by
+nginx's own upstream ``keepalive_timeout`` (shorter than the drain). It
+takes no new connection meanwhile (the other workers, or the new ones of a
+reload, do). Only then does the usual graceful shutdown run, when no
+connection is idle in nginx's pool any more.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from types import FrameType
+
+from gunicorn.arbiter import Arbiter
+from uvicorn.server import Server
+from uvicorn_worker import UvicornWorker
+
+
+class DrainState:
+    """Read by the request middleware on every response; written once per worker."""
+
+    active = False
+
+
+drain_state = DrainState()
+
+
+class DrainingServer(Server):
+    drain_seconds = float(os.environ.get("MG_DRAIN_SECONDS", "2.0"))
+    _drain_deadline: float | None = None
+    _listening_closed = False
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if drain_state.active or self.drain_seconds <= 0:
+            super().handle_exit(sig, frame)  # a second signal stops at once, as usual
+            return
+        # Runs in a signal handler: only set state; on_tick acts on it.
+        self._captured_signals.append(sig)
+        drain_state.active = True
+        self._drain_deadline = time.monotonic() + self.drain_seconds
+
+    async def on_tick(self, counter: int) -> bool:
+        if self._drain_deadline is not None:
+            if not self._listening_closed:
+                # Take no new connection: one accepted now could be closed unread.
+                for server in self.servers:
+                    server.close()
+                self._listening_closed = True
+            if time.monotonic() >= self._drain_deadline:
+                self.should_exit = True
+        return await super().on_tick(counter)
+
+
+class DrainingUvicornWorker(UvicornWorker):
+    async def _serve(self) -> None:
+        self.config.app = self.wsgi
+        server = DrainingServer(config=self.config)
+        self._install_sigquit_handler()
+        await server.serve(sockets=self.sockets)
+        if not server.started:
+            sys.exit(Arbiter.WORKER_BOOT_ERROR)
