@@ -331,7 +331,7 @@ class VersionSync:
                 await asyncio.sleep(self.poll_seconds)
             finally:
                 try:
-                    await pubsub.aclose()  # type: ignore[attr-defined]
+                    await pubsub.aclose()
                 except Exception:  # closing a broken connection may fail too
                     log.debug("pubsub close failed")
 
