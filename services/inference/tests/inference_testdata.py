@@ -68,6 +68,7 @@ ROW_CASES: list[tuple[str, str, tuple[object, ...]]] = [
     ("-Infinity literal", raw_row(sepal_length="-Infinity"), ("sepal_length",)),
     ("overflow to infinity", raw_row(sepal_width="1e999"), ("sepal_width",)),
     ("huge", raw_row(petal_length="1e308"), ("petal_length",)),
+    ("big integer", raw_row(sepal_length="1" + "0" * 40), ("sepal_length",)),
     ("above bounds", raw_row(petal_width="3.8"), ("petal_width",)),
     ("below bounds", raw_row(sepal_length="-1"), ("sepal_length",)),
     ("negative where training never was", raw_row(petal_width="-0.01"), ("petal_width",)),
@@ -97,6 +98,8 @@ V1_BODY_CASES: list[tuple[str, bytes, tuple[object, ...]]] = [
     ("truncated JSON", b'{"instances": [', ()),
     ("JSON array", b"[1, 2]", ()),
     ("empty body", b"", ()),
+    ("deeply nested", b'{"instances": ' + b"[" * 5000 + b"]" * 5000 + b"}", ()),
+    ("invalid UTF-8", b'{"instances": [{"\xff": 1}]}', ()),
     ("second row bad", v1(raw_row() + ", " + raw_row(sepal_width="NaN")), ("instances", 1)),
 ]
 

@@ -136,3 +136,14 @@ async def test_bad_names_in_paths(
 ) -> None:
     r = await client.post(path, content=v1(raw_row()), headers=headers)
     assert r.status_code in (404, 422)
+
+
+async def test_long_unknown_keys_are_not_echoed_whole(
+    client: httpx.AsyncClient, headers: dict[str, str]
+) -> None:
+    key = "k" * 5000
+    body = json.dumps({"instances": [ROW | {key: 1}]}).encode()
+    r = await client.post("/v1/models/iris/predict", content=body, headers=headers)
+    assert r.status_code == 422
+    assert len(r.text) < 1000
+    assert r.json()["detail"][0]["loc"][3].startswith("kkkk")

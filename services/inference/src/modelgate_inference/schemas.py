@@ -43,7 +43,12 @@ def validation_error(
 ) -> RequestValidationError:
     cleaned = []
     for err in errors:
-        loc = tuple(p for p in err.get("loc", ()) if p not in _UNION_TAGS)
+        # Field names in ``loc`` may be the client's own unknown keys: keep them short.
+        loc = tuple(
+            p if not isinstance(p, str) or len(p) <= 64 else p[:64] + "..."
+            for p in err.get("loc", ())
+            if p not in _UNION_TAGS
+        )
         cleaned.append({"loc": (*prefix, *loc), "msg": err.get("msg", ""), "type": err.get("type")})
     return RequestValidationError(cleaned)
 
@@ -59,11 +64,6 @@ def _validate(adapter: TypeAdapter[Any], body: bytes) -> Any:
         return adapter.validate_json(body)
     except ValidationError as exc:
         raise validation_error(exc.errors(include_url=False, include_input=False)) from None
-
-
-def _round_out(value: float, up: bool) -> float:
-    scaled = value * 1e6
-    return (math.ceil(scaled) if up else math.floor(scaled)) / 1e6
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,8 +95,8 @@ class InputSchema:
             if spec.min >= 0:
                 low = max(low, 0.0)  # never negative in training: stays non-negative
             names.append(spec.name)
-            lows.append(_round_out(low, up=False))
-            highs.append(_round_out(spec.max + margin, up=True))
+            lows.append(round(low, 6))  # 2.5, not 2.4999999999999996, in messages
+            highs.append(round(spec.max + margin, 6))
         fields = {
             name: Annotated[float, Field(ge=lo, le=hi, strict=True, allow_inf_nan=False)]
             for name, lo, hi in zip(names, lows, highs, strict=True)
