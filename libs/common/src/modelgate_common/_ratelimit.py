@@ -176,7 +176,8 @@ class SharedRateLimiter:
             retry=Retry(NoBackoff(), 1),
             health_check_interval=0,
         )
-        self._budget = connect_timeout + socket_timeout
+        # One bound for a whole check, however many round trips or reconnects it takes.
+        self._budget = max(connect_timeout, socket_timeout)
         self._shared = _Counters(
             RedisStorage(
                 "async+" + redis_url,
