@@ -14,6 +14,7 @@ from modelgate_common import write_private
 
 from ._auth import ensure_jwt_signing_key
 from ._certs import ensure_certificates
+from ._compose import ensure_compose_env
 from ._fernet import ensure_fernet_keyring
 from ._paths import ProjectPaths
 from .models import ensure_models
@@ -50,4 +51,6 @@ def run_init(paths: ProjectPaths) -> list[str]:
     made: list[str] = []
     for step in INIT_STEPS:
         made += step(paths)
+    # Last, whatever steps are added above: it must see every file they made.
+    made += ensure_compose_env(paths)
     return made

@@ -15,6 +15,7 @@ def write_private(path: Path, data: bytes | str, mode: int = 0o600) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         os.fchmod(fd, mode)
+        _keep_folder_owner(fd, path.parent)
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
@@ -23,6 +24,17 @@ def write_private(path: Path, data: bytes | str, mode: int = 0o600) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _keep_folder_owner(fd: int, folder: Path) -> None:
+    # Root writing into a folder that belongs to another user (secrets/ handed to the
+    # containers' user by `modelgate init`, see modelgate_cli._compose) gives the new file
+    # to that user too, so whoever reads the folder can still read what it holds.
+    if os.geteuid() != 0:
+        return
+    owner = folder.stat()
+    if owner.st_uid != 0:
+        os.fchown(fd, owner.st_uid, owner.st_gid)
 
 
 def write_public(path: Path, data: bytes | str) -> None:
