@@ -99,7 +99,11 @@ test-unit: venv ## In-process unit tests only (no stack)
 .PHONY: test
 test: venv sslyze-venv system-deps ## Every test: unit, then integration/security/faults against a fresh native stack
 	$(PYTEST) -m "not stack"
-	@deploy/with-stack.sh $(PYTEST) -m stack
+	@deploy/with-stack.sh $(PYTEST) -m "stack and not compose"
+
+.PHONY: test-compose
+test-compose: venv sslyze-venv ## The integration and security suites against the compose stack (builds, starts, tears down)
+	@deploy/compose/test-compose.sh
 
 # The benchmark (bench/): MLServer, the peer it is compared with, gets its own
 # virtualenv from its own hashed lock so it never touches the stack's.

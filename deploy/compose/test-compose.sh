@@ -17,8 +17,7 @@ mkdir -p "$WORK"
 
 export COMPOSE_PROJECT_NAME="${MG_COMPOSE_PROJECT:-modelgate-test}"
 # Not the defaults of compose.yaml, so a `docker compose up` of one's own may run beside it.
-export MG_INTERNAL_SUBNET="${MG_TEST_INTERNAL_SUBNET:-172.31.252.0/24}"
-export MG_NGINX_IP="${MG_TEST_NGINX_IP:-172.31.252.10}"
+export MG_INTERNAL_NET="${MG_TEST_INTERNAL_NET:-172.31.252}"
 STANDIN_DEBIAN=modelgate-standin/debian:bookworm-slim
 STANDIN_PYTHON=modelgate-standin/python:3.11-slim-bookworm
 OFFICIAL_DEBIAN=debian:bookworm-slim
@@ -115,7 +114,8 @@ EOF
         say "imported $STANDIN_DEBIAN"
     fi
     docker build -q -t "$STANDIN_PYTHON" --build-arg "DEBIAN_IMAGE=$STANDIN_DEBIAN" \
-        -f deploy/compose/python-standin.Dockerfile deploy/compose >/dev/null
+        -f deploy/compose/python-standin.Dockerfile deploy/compose >"$WORK/standin.log" 2>&1 ||
+        { cat "$WORK/standin.log" >&2; die "the Python stand-in image did not build"; }
     export MG_DEBIAN_IMAGE="$STANDIN_DEBIAN" MG_PYTHON_IMAGE="$STANDIN_PYTHON"
 fi
 phase "base images: ${MG_PYTHON_IMAGE:-$OFFICIAL_PYTHON}, ${MG_DEBIAN_IMAGE:-$OFFICIAL_DEBIAN}"
@@ -126,7 +126,8 @@ if [[ $(cat build/wheels/.lock-sha256 2>/dev/null) != "$lock_sum" ]]; then
     rm -rf build/wheels
     mkdir -p build/wheels
     "$MG_VENV/bin/pip" download -q --disable-pip-version-check --require-hashes \
-        --only-binary=:all: -r requirements.txt -d build/wheels
+        --only-binary=:all: -r requirements.txt -d build/wheels >"$WORK/wheels.log" 2>&1 ||
+        { grep -v '^WARNING: Location' "$WORK/wheels.log" >&2; die "wheel download failed"; }
     echo "$lock_sum" >build/wheels/.lock-sha256
 fi
 phase "wheels: $(find build/wheels -name '*.whl' | wc -l) in build/wheels"
@@ -138,27 +139,23 @@ phase "modelgate init"
 compose build >"$WORK/build.log" 2>&1 || { tail -n 40 "$WORK/build.log" >&2; die "build failed"; }
 phase "images built (log: $WORK/build.log)"
 
-COMPOSE_UP=1
-compose up -d >"$WORK/up.log" 2>&1 || { cat "$WORK/up.log" >&2; die "up failed"; }
-ca="$(pwd)/certs/ca.pem"
-"$PY" - "$MG_HTTPS_PORT" "$ca" <<'EOF' || die "the stack did not become ready"
-import ssl, sys, time, urllib.request
-port, ca = sys.argv[1], sys.argv[2]
-context = ssl.create_default_context(cafile=ca)
-deadline = time.monotonic() + 180
-while True:
-    try:
-        urllib.request.urlopen(f"https://localhost:{port}/healthz", context=context, timeout=2)
-        break
-    except OSError as exc:
-        if time.monotonic() > deadline:
-            sys.exit(f"https://localhost:{port}/healthz: {exc}")
-        time.sleep(0.5)
-EOF
-phase "stack up and healthy on https://localhost:$MG_HTTPS_PORT"
-
-# --- the suites, through nginx -----------------------------------------------------------------
 export MG_STACK=compose MG_BASE_URL="https://localhost:$MG_HTTPS_PORT"
 export MG_COMPOSE_COMMAND="${COMPOSE[*]}"
+COMPOSE_UP=1
+compose up -d >"$WORK/up.log" 2>&1 || { cat "$WORK/up.log" >&2; die "up failed"; }
+"$PY" - <<'EOF' || die "the stack did not become healthy"
+import os
+from pathlib import Path
+
+from tests.compose.conftest import ComposeProject
+
+project = ComposeProject(
+    os.environ["MG_COMPOSE_COMMAND"].split(), os.environ["COMPOSE_PROJECT_NAME"], Path.cwd()
+)
+project.wait_healthy(os.environ["MG_BASE_URL"], "certs/ca.pem")
+EOF
+phase "stack up, every container healthy, https://localhost:$MG_HTTPS_PORT answers"
+
+# --- the suites, through nginx -----------------------------------------------------------------
 "$PY" -m pytest -m "stack and not native" tests "$@"
 phase "suites passed"

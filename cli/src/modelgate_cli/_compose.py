@@ -43,7 +43,9 @@ def container_files(paths: ProjectPaths) -> list[Path]:
         if folder.is_dir():
             found.append(folder)
             found.extend(sorted(folder.rglob("*")))
-    found.extend(p for p in (paths.certs / "server.pem", paths.certs / "server-key.pem") if p.exists())
+    found.extend(
+        p for p in (paths.certs / "server.pem", paths.certs / "server-key.pem") if p.exists()
+    )
     return found
 
 

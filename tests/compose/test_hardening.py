@@ -1,0 +1,156 @@
+"""How the compose stack's containers run, from `docker inspect` and from inside them."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from tests.compose.conftest import ComposeProject
+
+pytestmark = pytest.mark.compose
+
+ROOT = Path(__file__).resolve().parents[2]
+SERVICES = {"nginx", "auth", "inference", "crypto", "redis"}
+# What each container may read from secrets/ (compose `secrets:`, under /run/secrets).
+SECRETS = {
+    "nginx": set(),
+    "redis": set(),
+    "auth": {"admin_password", "jwks.json"},
+    "inference": {"jwks.json", "model_signing_key.pub"},
+    "crypto": {"jwks.json", "fernet_keyring.json"},
+}
+
+
+def proc_status(project: ComposeProject, service: str) -> dict[str, str]:
+    """/proc/1/status of the service's main process, as the kernel sees it."""
+    text = project.exec(service, "cat", "/proc/1/status").stdout
+    return dict(line.split(":\t", 1) for line in text.splitlines() if ":\t" in line)
+
+
+def test_the_whole_stack_runs(compose_project: ComposeProject) -> None:
+    containers = compose_project.containers()
+    assert set(containers) == SERVICES
+    for service, c in containers.items():
+        assert c["State"]["Health"]["Status"] == "healthy", service
+
+
+def test_every_container_runs_as_a_non_root_user(compose_project: ComposeProject) -> None:
+    for service, c in compose_project.containers().items():
+        user = c["Config"]["User"]
+        assert user and user.split(":")[0] not in ("0", "root"), f"{service} user {user!r}"
+        uids = proc_status(compose_project, service)["Uid"].split()
+        assert "0" not in uids, f"{service} runs with uid {uids}"
+
+
+def test_root_file_systems_are_read_only(compose_project: ComposeProject) -> None:
+    for service, c in compose_project.containers().items():
+        assert c["HostConfig"]["ReadonlyRootfs"] is True, service
+        probe = compose_project.exec(service, "touch", "/usr/local/probe", check=False)
+        assert probe.returncode != 0, service
+        assert "Read-only file system" in probe.stderr, f"{service}: {probe.stderr}"
+
+
+def test_no_capabilities_and_no_privilege_gain(compose_project: ComposeProject) -> None:
+    for service, c in compose_project.containers().items():
+        host = c["HostConfig"]
+        assert host["CapDrop"] == ["ALL"], service
+        assert not host["CapAdd"], service
+        assert host["Privileged"] is False, service
+        assert "no-new-privileges:true" in host["SecurityOpt"], service
+        status = proc_status(compose_project, service)
+        for kind in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"):
+            assert int(status[kind], 16) == 0, f"{service} {kind} {status[kind]}"
+        assert status["NoNewPrivs"].strip() == "1", service
+
+
+def test_only_nginx_publishes_ports_and_only_on_loopback(
+    compose_project: ComposeProject, https_port: int, http_port: int
+) -> None:
+    for service, c in compose_project.containers().items():
+        bindings = {
+            port: [(b["HostIp"], int(b["HostPort"])) for b in (hosts or [])]
+            for port, hosts in (c["NetworkSettings"]["Ports"] or {}).items()
+            if hosts
+        }
+        if service == "nginx":
+            assert bindings == {
+                "8443/tcp": [("127.0.0.1", https_port)],
+                "8080/tcp": [("127.0.0.1", http_port)],
+            }
+        else:
+            assert bindings == {}, service
+            assert not c["HostConfig"]["PortBindings"], service
+
+
+def test_services_and_redis_sit_only_on_the_internal_network(
+    compose_project: ComposeProject,
+) -> None:
+    internal = compose_project.network("internal")
+    public = compose_project.network("public")
+    assert internal["Internal"] is True
+    assert public["Internal"] is False
+    for service, c in compose_project.containers().items():
+        networks = {
+            name.removeprefix(f"{compose_project.name}_")
+            for name in c["NetworkSettings"]["Networks"]
+        }
+        expected = {"public", "internal"} if service == "nginx" else {"internal"}
+        assert networks == expected, service
+
+
+def test_services_trust_forwarded_headers_from_nginx_alone(
+    compose_project: ComposeProject,
+) -> None:
+    containers = compose_project.containers()
+    nginx_ip = containers["nginx"]["NetworkSettings"]["Networks"][
+        f"{compose_project.name}_internal"
+    ]["IPAddress"]
+    for service in ("auth", "inference", "crypto"):
+        env = dict(e.split("=", 1) for e in containers[service]["Config"]["Env"])
+        assert env["MG_FORWARDED_ALLOW_IPS"] == nginx_ip, service
+
+
+def test_each_container_gets_only_its_own_secrets(compose_project: ComposeProject) -> None:
+    for service, c in compose_project.containers().items():
+        mounted = {
+            Path(m["Destination"]).name
+            for m in c["Mounts"]
+            if m["Destination"].startswith("/run/secrets/")
+        }
+        assert mounted == SECRETS[service], service
+        for m in c["Mounts"]:
+            if m["Type"] == "bind":
+                assert m["RW"] is False, f"{service} mounts {m['Source']} writable"
+                # Private keys that stay on the host: the CA's and the model-signing key.
+                assert Path(m["Source"]).name not in ("ca-key.pem", "model_signing_key"), service
+
+
+def test_images_hold_no_compiler_pip_or_cache(compose_project: ComposeProject) -> None:
+    for service in ("auth", "inference", "crypto"):
+        found = compose_project.exec(
+            service,
+            "sh",
+            "-c",
+            "for b in gcc cc c++ make pip pip3; do command -v $b; done; "
+            "ls -d /root/.cache /tmp/deps 2>/dev/null; true",
+        ).stdout.split()
+        assert found == [], f"{service}: {found}"
+
+
+def test_stop_grace_outlasts_gunicorn_graceful_timeout(compose_project: ComposeProject) -> None:
+    config = (ROOT / "deploy" / "gunicorn.conf.py").read_text()
+    graceful = int(re.search(r'MG_GRACEFUL_TIMEOUT", "(\d+)"', config).group(1))  # type: ignore[union-attr]
+    for service in ("auth", "inference", "crypto"):
+        c = compose_project.containers()[service]
+        assert c["Config"]["StopTimeout"] > graceful, service
+
+
+def test_service_dockerfiles_share_every_layer_before_their_own_source() -> None:
+    """Identical up to the service's name, so Docker builds the dependencies once."""
+    texts = {
+        s: (ROOT / "services" / s / "Dockerfile").read_text().replace(s, "SERVICE")
+        for s in ("auth", "inference", "crypto")
+    }
+    assert texts["auth"] == texts["inference"] == texts["crypto"]
