@@ -32,14 +32,21 @@ class ComposeProject:
     def compose(self, *args: str, timeout: float = 300) -> str:
         return _run([*self.command, *args], cwd=self.root, timeout=timeout)
 
-    def containers(self) -> dict[str, dict[str, Any]]:
-        """``docker inspect`` of every container of the project, by compose service name."""
+    def running(self) -> dict[str, dict[str, Any]]:
+        """``docker inspect`` of every running container of the project, by service name."""
         ids = _run(
             ["docker", "ps", "-q", "--filter", f"label=com.docker.compose.project={self.name}"]
         ).split()
-        assert ids, f"no container of compose project {self.name} runs"
+        if not ids:
+            return {}
         inspected = json.loads(_run(["docker", "inspect", *ids]))
         return {c["Config"]["Labels"]["com.docker.compose.service"]: c for c in inspected}
+
+    def containers(self) -> dict[str, dict[str, Any]]:
+        """Like ``running()``, and at least one must run."""
+        found = self.running()
+        assert found, f"no container of compose project {self.name} runs"
+        return found
 
     def network(self, name: str) -> dict[str, Any]:
         return json.loads(_run(["docker", "network", "inspect", f"{self.name}_{name}"]))[0]

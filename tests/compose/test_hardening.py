@@ -17,7 +17,7 @@ SERVICES = {"nginx", "auth", "inference", "crypto", "redis"}
 SECRETS = {
     "nginx": set(),
     "redis": set(),
-    "auth": {"admin_password", "jwks.json"},
+    "auth": {"admin_password", "jwks.json", "jwt"},
     "inference": {"jwks.json", "model_signing_key.pub"},
     "crypto": {"jwks.json", "fernet_keyring.json"},
 }
