@@ -3,6 +3,34 @@
 # ${MG_*} placeholders `modelgate render-nginx` fills for the native stack, then run
 # nginx in the foreground. Only MG_* names are substituted: nginx's own $variables stay.
 set -eu
+
+# Defaults for every ${MG_*} the templates use, taken when a setting is unset or empty
+# (compose.yaml passes `${MG_X:-}`). The native stack's own are in modelgate_cli/_render.py.
+: "${MG_NGINX_WORKERS:=auto}"
+: "${MG_NGINX_CONF_DIR:=/tmp/nginx}"
+: "${MG_NGINX_RUN_DIR:=/tmp/nginx/run}"
+: "${MG_NGINX_ERROR_LOG:=stderr}"
+: "${MG_NGINX_ACCESS_LOG:=/dev/stdout}"
+: "${MG_NGINX_MAX_BODY:=1m}"
+: "${MG_NGINX_RATE:=100r/s}"
+: "${MG_NGINX_BURST:=200}"
+: "${MG_NGINX_BURST_DELAY:=50}"
+: "${MG_NGINX_CONN_PER_IP:=256}"
+: "${MG_NGINX_LOGIN_RATE:=1r/s}"
+: "${MG_NGINX_LOGIN_BURST:=10}"
+: "${MG_CERTS_DIR:=/etc/modelgate/certs}"
+: "${MG_HTTPS_LISTEN:=8443}"
+: "${MG_HTTP_LISTEN:=8080}"
+: "${MG_HTTPS_PORT:=8443}"
+: "${MG_AUTH_UPSTREAM:=auth:8000}"
+: "${MG_INFERENCE_UPSTREAM:=inference:8000}"
+: "${MG_CRYPTO_UPSTREAM:=crypto:8000}"
+export MG_NGINX_WORKERS MG_NGINX_CONF_DIR MG_NGINX_RUN_DIR MG_NGINX_ERROR_LOG \
+    MG_NGINX_ACCESS_LOG MG_NGINX_MAX_BODY MG_NGINX_RATE MG_NGINX_BURST MG_NGINX_BURST_DELAY \
+    MG_NGINX_CONN_PER_IP MG_NGINX_LOGIN_RATE MG_NGINX_LOGIN_BURST MG_CERTS_DIR \
+    MG_HTTPS_LISTEN MG_HTTP_LISTEN MG_HTTPS_PORT MG_AUTH_UPSTREAM MG_INFERENCE_UPSTREAM \
+    MG_CRYPTO_UPSTREAM
+
 src=/etc/modelgate/nginx
 conf="$MG_NGINX_CONF_DIR"
 mkdir -p "$conf/snippets" "$MG_NGINX_RUN_DIR"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -68,3 +69,21 @@ def test_root_hands_the_containers_files_over_and_keeps_the_ca_key(tmp_path: Pat
     assert (paths.certs / "ca-key.pem").stat().st_uid == 0
     assert (tmp_path / ".env").read_text() == f"MG_UID={CONTAINER_UID}\nMG_GID={CONTAINER_UID}\n"
     assert ensure_compose_env(paths) == []
+
+
+def test_the_nginx_image_has_a_default_for_every_template_placeholder() -> None:
+    """The container renders nginx/ with envsubst and refuses to start on a placeholder
+    left unset: each one the templates use needs a default in nginx/entrypoint.sh."""
+    root = Path(__file__).resolve().parents[2]
+    templates = [
+        root / "nginx" / "nginx.conf.template",
+        *(root / "nginx" / "snippets").glob("*.conf"),
+    ]
+    used: set[str] = set()
+    for template in templates:
+        used |= set(re.findall(r"\$\{(MG_[A-Z0-9_]+)\}", template.read_text()))
+    entrypoint = (root / "nginx" / "entrypoint.sh").read_text()
+    defaulted = set(re.findall(r'^: "\$\{(MG_[A-Z0-9_]+):=', entrypoint, re.MULTILINE))
+    exported = set(re.findall(r"MG_[A-Z0-9_]+", entrypoint[entrypoint.index("export ") :]))
+    assert used - defaulted == set()
+    assert defaulted - exported == set()

@@ -16,6 +16,10 @@ WORK="$MG_VAR_DIR/compose"
 mkdir -p "$WORK"
 
 export COMPOSE_PROJECT_NAME="${MG_COMPOSE_PROJECT:-modelgate-test}"
+export COMPOSE_FILE=compose.yaml:deploy/compose/test-override.yaml
+# The audit log the suites read, as on the native stack: <MG_VAR_DIR>/log/audit.jsonl.
+TEST_VAR_DIR="$WORK/var"
+export MG_TEST_LOG_DIR="$TEST_VAR_DIR/log"
 # Not the defaults of compose.yaml, so a `docker compose up` of one's own may run beside it.
 export MG_INTERNAL_NET="${MG_TEST_INTERNAL_NET:-172.31.252}"
 STANDIN_DEBIAN=modelgate-standin/debian:bookworm-slim
@@ -134,6 +138,11 @@ phase "wheels: $(find build/wheels -name '*.whl' | wc -l) in build/wheels"
 
 # --- the same first-run command as the native stack ------------------------------------------
 "$MG_VENV/bin/modelgate" init | sed 's/^/   /'
+rm -rf "$TEST_VAR_DIR"
+mkdir -p "$MG_TEST_LOG_DIR"
+# shellcheck disable=SC1091
+uid_gid=$(set -a && . ./.env && echo "$MG_UID:$MG_GID")
+[[ $(id -u) != 0 ]] || chown "$uid_gid" "$MG_TEST_LOG_DIR"
 phase "modelgate init"
 
 compose build >"$WORK/build.log" 2>&1 || { tail -n 40 "$WORK/build.log" >&2; die "build failed"; }
@@ -157,5 +166,5 @@ EOF
 phase "stack up, every container healthy, https://localhost:$MG_HTTPS_PORT answers"
 
 # --- the suites, through nginx -----------------------------------------------------------------
-"$PY" -m pytest -m "stack and not native" tests "$@"
+MG_VAR_DIR="$TEST_VAR_DIR" "$PY" -m pytest -m "stack and not native" tests "$@"
 phase "suites passed"

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from crypto_helpers import ROOT, Accounts, decrypt, encrypt, make_client
 
-pytestmark = [pytest.mark.faults, pytest.mark.slow]
+# `make down`/`make up`: the native stack (tests/compose/test_restart.py does compose's).
+pytestmark = [pytest.mark.faults, pytest.mark.slow, pytest.mark.native]
 
 
 def _make(target: str) -> None:
