@@ -82,6 +82,7 @@ def test_thirty_concurrent_wrong_passwords_exactly_five_reach_the_password_check
     assert len(audit_events(var_dir, "login_failed", name)) == 5
 
 
+@pytest.mark.native  # per-address sign-in limit (raised on compose: one client address)
 def test_forged_forwarded_for_does_not_change_the_bucket(
     base_url: str, ca_file: str, fresh_source_ip: Callable[[], str]
 ) -> None:
@@ -96,6 +97,7 @@ def test_forged_forwarded_for_does_not_change_the_bucket(
     assert statuses == [401] * 5 + [429] * 3
 
 
+@pytest.mark.native  # per-address sign-in limit (raised on compose: one client address)
 def test_distinct_source_addresses_have_distinct_buckets(
     base_url: str, ca_file: str, fresh_source_ip: Callable[[], str]
 ) -> None:
@@ -109,6 +111,7 @@ def test_distinct_source_addresses_have_distinct_buckets(
     assert rounds == [[401, 401, 401]] * 5 + [[429, 429, 429]]
 
 
+@pytest.mark.native  # per-address sign-in limit (raised on compose: one client address)
 def test_sign_in_answers_carry_the_budget(
     login_response: Callable[..., httpx.Response], admin_password: str
 ) -> None:
