@@ -29,6 +29,7 @@ from modelgate_common import (
 )
 from modelgate_common._ratelimit import _sliding_window_times
 from modelgate_common.testing import TokenFactory
+from prometheus_client import REGISTRY
 from pydantic import ValidationError
 
 pytestmark = pytest.mark.anyio
@@ -205,10 +206,17 @@ async def test_user_name_failure_budget_locks_that_name_from_every_client(stack:
 
 
 # -- per-subject limits -------------------------------------------------------------------
+def refusals(limit: str) -> float:
+    labels = {"service": "service", "route": "/predict", "limit": limit}
+    return REGISTRY.get_sample_value("modelgate_rate_limited_total", labels) or 0.0
+
+
 async def test_subject_limit_is_exact_across_workers(stack: Stack) -> None:
     token = stack.factory.mint("erin")
+    before = refusals("predict")
     responses = await asyncio.gather(*(stack.predict(token) for _ in range(12)))
     assert sorted(r.status_code for r in responses) == [200] * 4 + [429] * 8
+    assert refusals("predict") - before == 8
     for response in responses:
         assert response.headers["ratelimit-limit"] == "4"
         if response.status_code == 429:
@@ -287,6 +295,8 @@ async def test_outage_refuses_login_falls_back_per_worker_and_recovers(
         statuses = [(await stack.predict(token, worker=worker)).status_code for _ in range(6)]
         per_worker.append(statuses)
     assert per_worker == [[200] * 4 + [429] * 2] * 2
+    fallback = REGISTRY.get_sample_value("modelgate_rate_limit_fallback", {"service": "service"})
+    assert fallback == 1
     for worker in (0, 1):
         body = await wait_ready(stack, worker, "degraded")
         assert body["status"] == "degraded"
@@ -295,6 +305,8 @@ async def test_outage_refuses_login_falls_back_per_worker_and_recovers(
     redis_server.start()
     for worker in (0, 1):
         await wait_ready(stack, worker, "ok")
+    fallback = REGISTRY.get_sample_value("modelgate_rate_limit_fallback", {"service": "service"})
+    assert fallback == 0
     # Shared counting again: alternating workers, a fresh subject gets 4, not 4 per worker.
     fresh = stack.factory.mint("judy2")
     statuses = [(await stack.predict(fresh)).status_code for _ in range(6)]

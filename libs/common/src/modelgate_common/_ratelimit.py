@@ -54,6 +54,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ._errors import ServiceUnavailable, TooManyRequests, Unauthorized
 from ._health import CheckResult
 from ._logging import audit
+from ._metrics import RATE_LIMIT_FALLBACK, RATE_LIMITED, service_name
 from ._security import Principal, authenticate
 from ._settings import RateLimitSettings
 
@@ -69,15 +70,37 @@ _SERVICE: dict[Policy, str] = {
     "predict_rows": "inference",
     "crypto": "crypto",
 }
-# The response headers of the request being served: the middleware puts a fresh dict
-# here per request, every check adds to it (child tasks share the same dict).
-_response_headers: ContextVar[dict[str, str] | None] = ContextVar("ratelimit_headers", default=None)
+
+
+class _Exchange:
+    """What the checks of the request being served tell the header middleware: the
+    headers to add and, on a 429, which limit refused (for the metrics)."""
+
+    __slots__ = ("headers", "refused_by")
+
+    def __init__(self) -> None:
+        self.headers: dict[str, str] = {}
+        self.refused_by: Policy | None = None
+
+
+# Set per request by RateLimitHeadersMiddleware; child tasks share the same object.
+_exchange: ContextVar[_Exchange | None] = ContextVar("ratelimit_exchange", default=None)
 
 
 def _tell_client(headers: dict[str, str]) -> None:
-    holder = _response_headers.get()
-    if holder is not None:
-        holder.update(headers)
+    exchange = _exchange.get()
+    if exchange is not None:
+        exchange.headers.update(headers)
+
+
+def _refused(policy: Policy) -> None:
+    exchange = _exchange.get()
+    if exchange is not None:
+        exchange.refused_by = policy
+
+
+def _fallback_gauge(on: bool) -> None:
+    RATE_LIMIT_FALLBACK.labels(service_name()).set(1 if on else 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,12 +247,14 @@ class SharedRateLimiter:
                     verdict = await op(self._shared)
             except Exception as exc:  # any storage failure: apply the outage policy
                 if self.breaker.trip():
+                    _fallback_gauge(True)
                     log.warning(
                         "rate-limit store unreachable: counting per worker, login refused",
                         extra={"reason": type(exc).__name__, "retry_in_s": self.breaker.cooldown},
                     )
             else:
                 if self.breaker.close():
+                    _fallback_gauge(False)
                     log.info("rate-limit store reachable again: shared counting resumed")
                 return verdict
         if not fallback:
@@ -265,6 +290,7 @@ class SharedRateLimiter:
             verdict = await self.hit("login", client_ip)
             if not verdict.allowed:
                 audit("login_throttled", reason="client", client_ip=client_ip)
+                _refused("login")
                 raise verdict.refusal("too many sign-in attempts; retry later")
             failures = await self.test("login_failures", _key(username))
         except _StoreDown:
@@ -273,6 +299,7 @@ class SharedRateLimiter:
             ) from None
         if not failures.allowed:
             audit("login_throttled", reason="user", user=username[:64], client_ip=client_ip)
+            _refused("login_failures")
             error = TooManyRequests(
                 failures.retry_after, "too many failed sign-ins for this user; retry later"
             )
@@ -290,6 +317,7 @@ class SharedRateLimiter:
     async def check_subject(self, policy: SubjectPolicy, principal: Principal) -> Verdict:
         verdict = await self.hit(policy, principal.subject, principal.role)
         if not verdict.allowed:
+            _refused(policy)
             raise verdict.refusal("rate limit exceeded; retry later")
         _tell_client(verdict.headers())
         return verdict
@@ -297,6 +325,7 @@ class SharedRateLimiter:
     async def charge_rows(self, principal: Principal, rows: int) -> Verdict:
         verdict = await self.hit("predict_rows", principal.subject, principal.role, cost=rows)
         if not verdict.allowed:
+            _refused("predict_rows")
             error = TooManyRequests(
                 verdict.retry_after,
                 f"daily prediction quota exceeded: {verdict.remaining} of {verdict.limit} "
@@ -321,8 +350,10 @@ class SharedRateLimiter:
         except Exception:
             ok = False
         if not ok:
-            self.breaker.trip()
+            if self.breaker.trip():
+                _fallback_gauge(True)
         elif self.breaker.close():
+            _fallback_gauge(False)
             log.info("rate-limit store reachable again: shared counting resumed")
         return ok
 
@@ -484,7 +515,8 @@ class PredictionLimits:
 
 class RateLimitHeadersMiddleware:
     """Adds the ``RateLimit-*`` (and rows quota) headers the checks of this request
-    recorded, whatever response class the route returned."""
+    recorded, whatever response class the route returned, and counts refusals by
+    route and limit (``modelgate_rate_limited_total``)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -493,21 +525,25 @@ class RateLimitHeadersMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        holder: dict[str, str] = {}
-        token = _response_headers.set(holder)
+        exchange = _Exchange()
+        token = _exchange.set(exchange)
 
         async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start" and holder:
-                headers = list(message.get("headers", []))
-                present = {name.lower() for name, _ in headers}
-                for name, value in holder.items():
-                    key = name.lower().encode("latin-1")
-                    if key not in present:
-                        headers.append((key, value.encode("latin-1")))
-                message["headers"] = headers
+            if message["type"] == "http.response.start":
+                if exchange.headers:
+                    headers = list(message.get("headers", []))
+                    present = {name.lower() for name, _ in headers}
+                    for name, value in exchange.headers.items():
+                        key = name.lower().encode("latin-1")
+                        if key not in present:
+                            headers.append((key, value.encode("latin-1")))
+                    message["headers"] = headers
+                if exchange.refused_by is not None and message["status"] == 429:
+                    route = getattr(scope.get("route"), "path", "unmatched")
+                    RATE_LIMITED.labels(service_name(), route, exchange.refused_by).inc()
             await send(message)
 
         try:
             await self.app(scope, receive, send_with_headers)
         finally:
-            _response_headers.reset(token)
+            _exchange.reset(token)
