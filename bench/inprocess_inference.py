@@ -7,6 +7,7 @@ endpoint shape and the rows/s of the batch endpoint.
     MG_REDIS_URL=redis://127.0.0.1:6391/0 .venv/bin/python bench/inprocess_inference.py
 
 Needs a Redis at MG_REDIS_URL; builds the demo models in a temporary folder.
+BENCH_NO_LIMITS=1 leaves out the rate-limit checks; BENCH_N sets the request count.
 """
 
 from __future__ import annotations
@@ -80,6 +81,7 @@ def run() -> None:
     from modelgate_inference.builder import build_demo
     from modelgate_inference.config import InferenceSettings
     from modelgate_inference.main import create_app
+    from modelgate_inference.service import OpenGate
     from modelgate_inference.store import ensure_signing_key
 
     tmp = Path(tempfile.mkdtemp(prefix="mg-bench-"))
@@ -94,7 +96,9 @@ def run() -> None:
     settings = InferenceSettings(
         common=common, model_store=tmp / "store", redis_namespace="bench:inference"
     )
-    app = create_app(settings)
+    # BENCH_NO_LIMITS=1: without the rate-limit checks, to see the service's own share.
+    gate = OpenGate() if os.environ.get("BENCH_NO_LIMITS") else None
+    app = create_app(settings, prediction_gate=gate)
     headers = [
         (b"authorization", f"Bearer {tokens.mint()}".encode()),
         (b"content-type", b"application/json"),
