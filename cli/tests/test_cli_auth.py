@@ -188,3 +188,23 @@ def test_keys_rotate_list_and_retire_jwt(project: Path) -> None:
     remaining = json.loads((project / "secrets" / "jwks.json").read_text())["keys"]
     assert [k["kid"] for k in remaining] == [kids[0]]
     assert not (project / "secrets" / "jwt" / f"{first}.pem").exists()
+
+
+def test_operator_changes_land_in_the_audit_trail_without_secrets(project: Path) -> None:
+    assert _cli("user", "add", "auditee", "--password-stdin", input=PASSWORD + "\n").exit_code == 0
+    assert _cli("user", "set-role", "auditee", "admin").exit_code == 0
+    assert _cli("user", "add", "other", "--password-stdin", input=PASSWORD + "\n").exit_code == 0
+    disabled = _cli("user", "disable", "other")
+    assert disabled.exit_code == 0, disabled.output
+    assert _cli("keys", "rotate-jwt").exit_code == 0
+    assert _cli("keys", "rotate-fernet").exit_code == 0
+    assert _cli("keys", "retire-fernet", "--yes").exit_code == 0
+    trail = (project / "var" / "log" / "audit.jsonl").read_text()
+    events = [json.loads(line) for line in trail.splitlines()]
+    names = {e["audit"] for e in events}
+    assert {"user_created", "user_updated", "key_rotated", "key_retired"} <= names
+    assert {e["kind"] for e in events if e["audit"] == "key_rotated"} == {"jwt", "fernet"}
+    assert all(e["service"] == "cli" for e in events)
+    assert PASSWORD not in trail
+    keyring = (project / "secrets" / "fernet_keyring.json").read_text()
+    assert not any(k in trail for k in json.loads(keyring).get("keys", []) if isinstance(k, str))

@@ -24,7 +24,7 @@ from modelgate_auth.main import build_service
 from modelgate_auth.revocation import PendingRevocation, push_sync
 from modelgate_auth.schemas import PASSWORD_MAX, PASSWORD_MIN, UserCreate, UserUpdate
 from modelgate_auth.service import AuthService
-from modelgate_common import CommonSettings, ServiceError
+from modelgate_common import CommonSettings, ServiceError, audit
 from pydantic import ValidationError
 
 from ._paths import ProjectPaths
@@ -249,6 +249,7 @@ def rotate_jwt() -> None:
         kid = store.rotate()
     except (KeyStoreError, OSError) as exc:
         raise _fail(str(exc)) from None
+    audit("key_rotated", kind="jwt", key_id=kid)
     typer.echo(f"added JWT signing key {kid}; keys now {store.kids()} (newest first)")
     wait = settings.access_token_ttl + settings.common.jwt_leeway
     typer.echo(f"retire older keys with `modelgate keys retire-jwt` after {wait} s")
@@ -272,4 +273,5 @@ def retire_jwt(
         )
     except (KeyStoreError, OSError) as exc:
         raise _fail(str(exc)) from None
+    audit("key_retired", kind="jwt", key_id=target)
     typer.echo(f"retired JWT signing key {target}; keys now {store.kids()} (newest first)")

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
+from modelgate_common import audit
 from modelgate_crypto.fernet_keyring import KeyringError, add_key, load_keyring, retire_key
 
 from ._fernet import keyring_path
@@ -43,6 +44,7 @@ def rotate_fernet() -> None:
         ids = load_keyring(path).ids
     except KeyringError as exc:
         raise _fail(str(exc)) from None
+    audit("key_rotated", kind="fernet", key_id=key.id)
     typer.echo(f"added Fernet key {key.id}; keys now {ids} (newest first)")
     typer.echo("re-encrypt old ciphertexts with POST /crypto/rotate before retiring old keys")
 
@@ -76,4 +78,5 @@ def retire_fernet(
         ids = load_keyring(path).ids
     except KeyringError as exc:
         raise _fail(str(exc)) from None
+    audit("key_retired", kind="fernet", key_id=retired.id)
     typer.echo(f"retired Fernet key {retired.id}; keys now {ids} (newest first)")

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+
 import typer
+from modelgate_common._logging import AUDIT_LOGGER, JsonFormatter, configure_audit
 
 from . import keys, models
 from ._auth import user_app
@@ -26,6 +29,10 @@ app.add_typer(user_app, name="user")
 @app.callback()
 def main() -> None:
     """Run from the project folder, or set MG_ROOT."""
+    # What an operator changes (users, keys, models) lands in the same audit
+    # trail as what the services do, and is not echoed to the terminal.
+    configure_audit(JsonFormatter("cli"), ProjectPaths.from_env().var / "log" / "audit.jsonl")
+    logging.getLogger(AUDIT_LOGGER).propagate = False
 
 
 @app.command()

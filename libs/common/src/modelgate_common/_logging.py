@@ -60,6 +60,11 @@ def configure_logging(service: str, level: str = "INFO", audit_file: Path | None
         lg.handlers[:] = []
         lg.propagate = True
     logging.getLogger("uvicorn.access").disabled = True
+    configure_audit(formatter, audit_file)
+
+
+def configure_audit(formatter: logging.Formatter, audit_file: Path | None) -> None:
+    """Send audit events to ``audit_file`` (the CLI calls this alone: no stderr log)."""
     audit = logging.getLogger(AUDIT_LOGGER)
     for old in audit.handlers:  # configured twice (tests, reloads): release the old file
         old.close()
