@@ -17,6 +17,14 @@ from ._errors import (
 from ._files import write_private, write_public
 from ._health import CheckResult, HealthChecks
 from ._logging import audit, configure_logging, request_id_var
+from ._metrics import (
+    AUTH_FAILURES,
+    DECRYPTION_FAILURES,
+    LOGINS,
+    PREDICTIONS,
+    RATE_LIMIT_FALLBACK,
+    RATE_LIMITED,
+)
 from ._ratelimit import (
     PredictionLimits,
     RateLimitHeadersMiddleware,
@@ -47,6 +55,12 @@ from ._worker import DrainingUvicornWorker
 __all__ = [
     "ADMIN_SCOPES",
     "ALGORITHM",
+    "AUTH_FAILURES",
+    "DECRYPTION_FAILURES",
+    "LOGINS",
+    "PREDICTIONS",
+    "RATE_LIMITED",
+    "RATE_LIMIT_FALLBACK",
     "ROLES",
     "USER_SCOPES",
     "BadRequest",

@@ -21,6 +21,7 @@ from jose import jwt
 from modelgate_common import (
     ADMIN_SCOPES,
     ALGORITHM,
+    LOGINS,
     USER_SCOPES,
     BadRequest,
     CommonSettings,
@@ -30,7 +31,6 @@ from modelgate_common import (
     Unauthorized,
     audit,
 )
-from modelgate_common._metrics import LOGINS
 from sqlalchemy import Engine, delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker

@@ -17,8 +17,7 @@ import time
 from typing import NoReturn
 
 from cryptography.fernet import InvalidToken, MultiFernet
-from modelgate_common import ServiceError, ServiceUnavailable, audit
-from modelgate_common._metrics import DECRYPTION_FAILURES
+from modelgate_common import DECRYPTION_FAILURES, ServiceError, ServiceUnavailable, audit
 
 from .config import CryptoSettings
 from .fernet_keyring import Keyring, KeyringWatcher

@@ -19,7 +19,15 @@ from typing import Any, Protocol
 import numpy as np
 import redis.asyncio as aioredis
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from modelgate_common import CheckResult, Conflict, NotFound, Principal, ServiceUnavailable, audit
+from modelgate_common import (
+    PREDICTIONS,
+    CheckResult,
+    Conflict,
+    NotFound,
+    Principal,
+    ServiceUnavailable,
+    audit,
+)
 from starlette.concurrency import run_in_threadpool
 
 from .runtime import LoadedModel, load_model
@@ -106,11 +114,13 @@ class ModelRegistry:
             "model loaded",
             extra={"model": name, "version": version, "runtime": model.runtime.kind},
         )
+        audit("model_verified", model=name, version=version, runtime=model.runtime.kind)
         return model
 
     def _refuse(self, name: str, version: str, reason: str) -> None:
         self.refused[(name, version)] = reason
         log.error("model refused", extra={"model": name, "version": version, "reason": reason})
+        audit("model_refused", model=name, version=version, reason=reason)
 
     def scan(self) -> None:
         """Load every version in the store; the latest that loads is the default."""
@@ -214,6 +224,7 @@ def audit_prediction(
     endpoint: str,
     probabilities: bool,
 ) -> None:
+    PREDICTIONS.labels(model.name, model.version).inc(rows)
     audit(
         "prediction",
         user=principal.subject,
