@@ -191,3 +191,40 @@ def test_redis_down_policy(factory: TokenFactory, redis_server: Any) -> None:
     redis_server.stop()
     assert asyncio.run(scenario(fail_open=True)) is True
     assert asyncio.run(scenario(fail_open=False)) is False
+
+
+def test_hung_redis_is_asked_once_then_the_breaker_skips_it(
+    factory: TokenFactory, redis_server: Any
+) -> None:
+    import os
+    import signal
+
+    settings = factory.settings(redis_url=redis_server.url)
+
+    async def scenario() -> int:
+        redis = create_redis(settings)
+        verifier = TokenVerifier(settings, redis)
+        verifier.keyset.load()
+        token = factory.mint()
+        await verifier.verify(token)  # connection made while Redis answers
+        asked = 0
+        real_mget = redis.mget
+
+        async def counting_mget(*keys: Any) -> Any:
+            nonlocal asked
+            asked += 1
+            return await real_mget(*keys)
+
+        redis.mget = counting_mget  # type: ignore[method-assign]
+        os.kill(redis_server.process.pid, signal.SIGSTOP)
+        try:
+            for _ in range(5):
+                assert (await verifier.verify(token)).subject == "alice"  # fail-open policy
+        finally:
+            os.kill(redis_server.process.pid, signal.SIGCONT)
+            await redis.aclose()
+        assert verifier.revocation_degraded
+        return asked
+
+    # One request waits for the socket timeout; the next ones skip the hung Redis.
+    assert asyncio.run(scenario()) == 1

@@ -55,6 +55,7 @@ from ._errors import ServiceUnavailable, TooManyRequests, Unauthorized
 from ._health import CheckResult
 from ._logging import audit
 from ._metrics import RATE_LIMIT_FALLBACK, RATE_LIMITED, service_name
+from ._redis import CircuitBreaker
 from ._security import Principal, authenticate
 from ._settings import RateLimitSettings
 
@@ -129,37 +130,6 @@ class Verdict:
 
 class _StoreDown(Exception):
     """Redis is unreachable (or the breaker says so) and the policy refuses."""
-
-
-class CircuitBreaker:
-    """Keeps a worker off a failing Redis for ``cooldown`` seconds after each failure."""
-
-    def __init__(self, cooldown: float) -> None:
-        self.cooldown = cooldown
-        self._open_until = 0.0
-        self.degraded = False
-
-    @property
-    def open(self) -> bool:
-        return time.monotonic() < self._open_until
-
-    @property
-    def retry_in(self) -> float:
-        return max(0.0, self._open_until - time.monotonic())
-
-    def trip(self) -> bool:
-        """Record a failure; True when this starts an outage (worth one log line)."""
-        started = not self.degraded
-        self.degraded = True
-        self._open_until = time.monotonic() + self.cooldown
-        return started
-
-    def close(self) -> bool:
-        """Record a success; True when this ends an outage."""
-        ended = self.degraded
-        self.degraded = False
-        self._open_until = 0.0
-        return ended
 
 
 class _Counters:

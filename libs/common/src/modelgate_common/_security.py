@@ -26,6 +26,7 @@ from jose.exceptions import JOSEError
 
 from ._errors import BEARER_CHALLENGE, Forbidden, Unauthorized
 from ._metrics import AUTH_FAILURES, service_name
+from ._redis import CircuitBreaker
 from ._settings import CommonSettings
 
 log = logging.getLogger("modelgate.security")
@@ -138,6 +139,9 @@ class TokenVerifier:
         self.redis = redis
         self.keyset = keyset or KeySet(settings.jwks_path)
         self.revocation_degraded = False
+        # A hung Redis would cost every request its timeout; after one failure the
+        # check is skipped (per the policy) for a short cool-down.
+        self._breaker = CircuitBreaker(settings.ratelimit.breaker_seconds)
         # Verified claims by token string: a client sends the same token many times,
         # and the RSA check is the costliest step. Expiry and revocation are still
         # checked on every request.
@@ -197,24 +201,29 @@ class TokenVerifier:
     async def _check_revocation(self, principal: Principal) -> None:
         if self.redis is None:
             return
+        if self._breaker.open:  # Redis failed moments ago: do not wait on it again
+            self._revocation_unavailable()
+            return
         try:
             jti_revoked, subject_revoked_at = await self.redis.mget(
                 revoked_jti_key(principal.token_id), revoked_subject_key(principal.subject)
             )
         except Exception as exc:  # Redis down: apply the configured policy
-            self.revocation_degraded = True
-            if self.settings.revocation_fail_open:
-                log.warning(
-                    "revocation check skipped: redis unreachable",
-                    extra={"reason": type(exc).__name__},
-                )
-                return
-            raise Unauthorized("token cannot be checked now") from None
+            if self._breaker.trip():
+                log.warning("revocation store unreachable", extra={"reason": type(exc).__name__})
+            self._revocation_unavailable()
+            return
+        self._breaker.close()
         self.revocation_degraded = False
         if jti_revoked is not None:
             raise Unauthorized("token has been revoked")
         if subject_revoked_at is not None and principal.issued_at <= int(subject_revoked_at):
             raise Unauthorized("token has been revoked")
+
+    def _revocation_unavailable(self) -> None:
+        self.revocation_degraded = True
+        if not self.settings.revocation_fail_open:
+            raise Unauthorized("token cannot be checked now")
 
 
 def _principal_from_claims(claims: dict[str, Any]) -> Principal:
