@@ -113,7 +113,7 @@ deb http://deb.debian.org/debian bookworm-updates main
 deb http://deb.debian.org/debian-security bookworm-security main
 EOF
         rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
-        tar -C "$rootfs" -c . | docker import -q - "$STANDIN_DEBIAN" >/dev/null
+        tar -C "$rootfs" -c . | docker import - "$STANDIN_DEBIAN" >/dev/null
         rm -rf "$rootfs"
         say "imported $STANDIN_DEBIAN"
     fi
