@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from crypto_helpers import ROOT, Accounts, decrypt, encrypt, make_client
 
-# `make down`/`make up`: the native stack (tests/compose/test_restart.py does compose's).
+# `make down`/`make up`: the native stack (tests/compose/test_compose_restart.py does compose's).
 pytestmark = [pytest.mark.faults, pytest.mark.slow, pytest.mark.native]
 
 

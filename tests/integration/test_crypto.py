@@ -147,7 +147,7 @@ def test_requests_are_validated(accounts: Accounts, api: httpx.Client) -> None:
 
 
 # The compose stack mounts the keyring as a single file, which a rotation replaces: there
-# the service picks it up on a restart (tests/compose/test_key_rotation.py), not live.
+# the service picks it up on a restart (tests/compose/test_compose_key_rotation.py), not live.
 @pytest.mark.native
 def test_rotation_keeps_every_ciphertext_readable_until_its_key_is_retired(
     accounts: Accounts, api: httpx.Client
