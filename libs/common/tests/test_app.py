@@ -37,6 +37,14 @@ def build(settings: CommonSettings, factory: TokenFactory | None = None) -> Fast
     async def echo(body: Body) -> dict[str, int]:
         return {"count": body.count}
 
+    @router.get("/thing")
+    async def get_thing() -> dict[str, str]:
+        return {}
+
+    @router.patch("/thing")
+    async def patch_thing() -> dict[str, str]:
+        return {}
+
     @router.get("/boom")
     async def boom() -> None:
         raise RuntimeError("secret internals at /srv/app.py line 3")
@@ -89,6 +97,25 @@ def test_validation_error_is_422_without_echoing_input(client: TestClient) -> No
     assert "hunter2-secret" not in response.text
     locs = {tuple(e["loc"]) for e in response.json()["detail"]}
     assert ("body", "count") in locs and ("body", "x") in locs
+
+
+def test_body_that_is_not_utf8_is_422_like_any_body_that_is_not_json(
+    client: TestClient,
+) -> None:
+    """FastAPI alone answers 400 for JSON that is not UTF-8 (tests/security/test_fuzz.py)."""
+    for raw in (b"\xff\xfe{", b"{nope"):
+        response = client.post("/echo", content=raw, headers={"Content-Type": "application/json"})
+        assert response.status_code == 422, raw
+        assert [e["type"] for e in response.json()["detail"]] == ["json_invalid"]
+
+
+def test_405_allow_names_every_method_of_the_path(client: TestClient) -> None:
+    """One route per method on a path: the 405 still lists them all (RFC 9110 15.5.6)."""
+    for method in ("OPTIONS", "PUT", "DELETE"):
+        response = client.request(method, "/thing")
+        assert response.status_code == 405
+        assert response.headers["allow"] == "GET, PATCH"
+    assert client.delete("/echo").headers["allow"] == "POST"
 
 
 def test_unexpected_error_reveals_nothing(

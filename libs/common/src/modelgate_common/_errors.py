@@ -14,6 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+from starlette.routing import Match
 
 log = logging.getLogger("modelgate.errors")
 
@@ -108,6 +109,7 @@ _REASONS = {
     404: "Not found",
     409: "Conflict",
     413: "Body too large",
+    415: "Unsupported media type",
     422: "Request body or parameters failed validation",
     429: "Rate limit exceeded",
     503: "A dependency is unavailable",
@@ -132,11 +134,37 @@ async def _validation_error(_: Request, exc: Exception) -> JsonResponse:
     return JsonResponse(error_body(_clean_validation_errors(list(exc.errors()))), 422)
 
 
-async def _http_error(_: Request, exc: Exception) -> JsonResponse:
+_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
+
+
+def _allowed_methods(request: Request) -> str | None:
+    """Every method the requested path answers. Starlette's 405 names only the
+    methods of the first route whose path matched, while a path often has one
+    route per method (``GET`` and ``PATCH /auth/users/me``); RFC 9110 wants all.
+    Asked of the router itself (``matches``), so included routers count too."""
+    routes = request.app.router.routes
+    allowed = [
+        method
+        for method in _METHODS
+        if any(
+            route.matches({**request.scope, "method": method})[0] is Match.FULL for route in routes
+        )
+    ]
+    return ", ".join(allowed) or None
+
+
+async def _http_error(request: Request, exc: Exception) -> JsonResponse:
     assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 400 and isinstance(exc.__cause__, UnicodeDecodeError):
+        # FastAPI answers a JSON body that is not UTF-8 with a bare 400, though any
+        # other body that is not JSON is a 422 json_invalid: one answer for both.
+        invalid = [{"loc": ["body"], "msg": "JSON decode error", "type": "json_invalid"}]
+        return JsonResponse(error_body(invalid), 422)
     headers = dict(exc.headers or {})
     if exc.status_code == 401:
         headers.setdefault("WWW-Authenticate", BEARER_CHALLENGE)
+    if exc.status_code == 405 and (allow := _allowed_methods(request)):
+        headers["Allow"] = allow
     detail = exc.detail if isinstance(exc.detail, str) else "error"
     return JsonResponse(error_body(detail), exc.status_code, headers=headers)
 
