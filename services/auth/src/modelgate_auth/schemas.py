@@ -70,6 +70,9 @@ class UserCreate(_Strict):
 class UserUpdate(_Strict):
     """What an admin may change. Fields left out are unchanged."""
 
+    # The document says what the validator below enforces: at least one field.
+    model_config = ConfigDict(json_schema_extra={"minProperties": 1})
+
     role: Role | None = None
     disabled: bool | None = None
     full_name: FullName = None
@@ -85,6 +88,19 @@ class UserUpdate(_Strict):
 class SelfUpdate(_Strict):
     """What a user may change of their own account. ``role`` is accepted by the
     schema only so that it can be refused with 403: only an admin sets roles."""
+
+    # The document says what the validator below enforces: at least one field, and
+    # a new password only together with the current one.
+    model_config = ConfigDict(
+        json_schema_extra={
+            "minProperties": 1,
+            "if": {"required": ["password"], "properties": {"password": {"type": "string"}}},
+            "then": {
+                "required": ["current_password"],
+                "properties": {"current_password": {"type": "string"}},
+            },
+        }
+    )
 
     full_name: FullName = None
     password: Password | None = None
