@@ -226,6 +226,25 @@ async def test_v2_metadata_and_readiness(client: httpx.AsyncClient, auth: Auth) 
     assert r.status_code == 404 and r.json()["error"] == "model not found"
 
 
+async def test_path_parameters_in_the_document_are_never_nullable(
+    make_settings: Callable[..., InferenceSettings],
+) -> None:
+    """One handler for both /v2/models/{name}… and …/versions/{version}… published
+    ``version`` as string-or-null (found by tests/security/test_fuzz.py)."""
+    document = create_app(make_settings()).openapi()
+    checked = 0
+    for path, operations in document["paths"].items():
+        for operation in operations.values():
+            for parameter in operation.get("parameters", []):
+                if parameter["in"] != "path":
+                    continue
+                checked += 1
+                assert parameter["required"] is True, (path, parameter)
+                assert parameter["schema"].get("type") == "string", (path, parameter)
+                assert "anyOf" not in parameter["schema"], (path, parameter)
+    assert checked >= 10
+
+
 async def test_v2_health_is_public(client: httpx.AsyncClient) -> None:
     r = await client.get("/v2/health/live")
     assert r.status_code == 200 and r.json() == {"live": True}

@@ -27,6 +27,7 @@ from .schemas import (
     INPUT_TENSOR,
     OUTPUT_LABEL,
     OUTPUT_PROBABILITIES,
+    InferenceRequest,
     inputs_to_matrix,
     parse_inference_request,
     requested_outputs,
@@ -36,8 +37,12 @@ from .store import NAME_PATTERN, VERSION_PATTERN
 
 router = APIRouter()
 
-ModelName = Annotated[str, Path(pattern=NAME_PATTERN, description="model name")]
-ModelVersion = Annotated[str, Path(pattern=VERSION_PATTERN, description="model version")]
+ModelName = Annotated[str, Path(pattern=NAME_PATTERN, description="model name", examples=["iris"])]
+ModelVersion = Annotated[
+    str, Path(pattern=VERSION_PATTERN, description="model version", examples=["1"])
+]
+# One iris flower (the demo model), as the request examples in the document.
+_IRIS = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
 SERVER_NAME = "modelgate"
 SERVER_VERSION = "0.1.0"
 
@@ -176,6 +181,7 @@ async def get_model(request: Request, name: ModelName, _: Reader) -> Json:
                             },
                             "probabilities": {"type": "boolean", "default": False},
                         },
+                        "examples": [{"instances": [_IRIS]}],
                     }
                 }
             },
@@ -247,6 +253,7 @@ async def load_version(
                             f: {"type": "number"}
                             for f in ("sepal_length", "sepal_width", "petal_length", "petal_width")
                         },
+                        "examples": [_IRIS],
                     }
                 }
             },
@@ -307,15 +314,25 @@ def _v2_metadata(model: LoadedModel) -> dict[str, Any]:
     }
 
 
+# Each route with a {version} has a handler of its own: one handler for both paths
+# would publish ``version`` as nullable, and a path parameter never is.
 @router.get("/v2/models/{name}", tags=["v2"], responses=error_responses(401, 403, 404, 422))
+async def model_metadata(request: Request, name: ModelName, _: Reader) -> Json:
+    return _model_metadata(request, name, None)
+
+
 @router.get(
     "/v2/models/{name}/versions/{version}",
     tags=["v2"],
     responses=error_responses(401, 403, 404, 422),
 )
-async def model_metadata(
-    request: Request, name: ModelName, _: Reader, version: ModelVersion | None = None
+async def model_version_metadata(
+    request: Request, name: ModelName, version: ModelVersion, _: Reader
 ) -> Json:
+    return _model_metadata(request, name, version)
+
+
+def _model_metadata(request: Request, name: str, version: str | None) -> Json:
     registry = _registry(request)
     model = registry.get(name, version)
     body = _v2_metadata(model)
@@ -324,15 +341,32 @@ async def model_metadata(
     return Json(body)
 
 
-@router.get("/v2/models/{name}/ready", tags=["v2"], responses=error_responses(401, 403, 404, 422))
+_NOT_READY: dict[int | str, dict[str, Any]] = {
+    503: {"description": "The model (version) is known but not ready"}
+}
+
+
+@router.get(
+    "/v2/models/{name}/ready",
+    tags=["v2"],
+    responses={**error_responses(401, 403, 404, 422), **_NOT_READY},
+)
+async def model_ready(request: Request, name: ModelName, _: Reader) -> Json:
+    return _model_ready(request, name, None)
+
+
 @router.get(
     "/v2/models/{name}/versions/{version}/ready",
     tags=["v2"],
-    responses=error_responses(401, 403, 404, 422),
+    responses={**error_responses(401, 403, 404, 422), **_NOT_READY},
 )
-async def model_ready(
-    request: Request, name: ModelName, _: Reader, version: ModelVersion | None = None
+async def model_version_ready(
+    request: Request, name: ModelName, version: ModelVersion, _: Reader
 ) -> Json:
+    return _model_ready(request, name, version)
+
+
+def _model_ready(request: Request, name: str, version: str | None) -> Json:
     registry = _registry(request)
     try:
         model = registry.get(name, version)
@@ -343,26 +377,38 @@ async def model_ready(
     return Json({"name": name, "version": model.version, "ready": True})
 
 
-_INFER_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "application/json": {
-                "schema": {
-                    "type": "object",
-                    "required": ["inputs"],
-                    "additionalProperties": False,
-                    "properties": {
-                        "id": {"type": "string"},
-                        "parameters": {"type": "object"},
-                        "inputs": {"type": "array", "minItems": 1, "items": {"type": "object"}},
-                        "outputs": {"type": "array", "items": {"type": "object"}},
-                    },
-                }
+def _json_body_of(model: type[BaseModel], example: dict[str, Any]) -> dict[str, Any]:
+    """``openapi_extra`` for a route that parses its JSON body itself: the model's own
+    JSON Schema, definitions inlined, so the document says exactly what is accepted."""
+    schema = model.model_json_schema()
+    definitions = schema.pop("$defs", {})
+
+    def inline(node: Any) -> Any:
+        if isinstance(node, dict):
+            if "$ref" in node:
+                return inline(definitions[node["$ref"].rsplit("/", 1)[1]])
+            return {key: inline(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [inline(value) for value in node]
+        return node
+
+    body = {**inline(schema), "examples": [example]}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": body}}}}
+
+
+_INFER_BODY = _json_body_of(
+    InferenceRequest,
+    {
+        "inputs": [
+            {
+                "name": INPUT_TENSOR,
+                "shape": [1, 4],
+                "datatype": "FP64",
+                "data": list(_IRIS.values()),
             }
-        },
-    }
-}
+        ]
+    },
+)
 
 
 @router.post(
@@ -371,17 +417,26 @@ _INFER_BODY = {
     responses=error_responses(401, 403, 404, 413, 415, 422, 429),
     openapi_extra=_INFER_BODY,
 )
+async def infer(request: Request, name: ModelName, principal: Predictor) -> Json:
+    """JSON tensors in: one tensor `input` of shape [rows, features] (FP64/FP32/INT*)
+    or one tensor per feature; outputs `label` (default) and `probabilities`."""
+    return await _infer(request, name, None, principal)
+
+
 @router.post(
     "/v2/models/{name}/versions/{version}/infer",
     tags=["v2"],
     responses=error_responses(401, 403, 404, 413, 415, 422, 429),
     openapi_extra=_INFER_BODY,
 )
-async def infer(
-    request: Request, name: ModelName, principal: Predictor, version: ModelVersion | None = None
+async def infer_version(
+    request: Request, name: ModelName, version: ModelVersion, principal: Predictor
 ) -> Json:
-    """JSON tensors in: one tensor `input` of shape [rows, features] (FP64/FP32/INT*)
-    or one tensor per feature; outputs `label` (default) and `probabilities`."""
+    """As `/v2/models/{name}/infer`, for one version of the model."""
+    return await _infer(request, name, version, principal)
+
+
+async def _infer(request: Request, name: str, version: str | None, principal: Principal) -> Json:
     started = time.perf_counter()
     model = _registry(request).get(name, version)
     payload = parse_inference_request(await _json_body(request))
