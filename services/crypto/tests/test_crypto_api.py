@@ -15,6 +15,7 @@ from modelgate_common import write_private
 from modelgate_crypto.config import CryptoSettings
 from modelgate_crypto.fernet_keyring import add_key, load_keyring, retire_key
 from modelgate_crypto.main import create_app
+from modelgate_crypto.schemas import MAX_TTL_SECONDS, DecryptRequest
 
 pytestmark = pytest.mark.anyio
 
@@ -174,6 +175,19 @@ async def test_fresh_ciphertext_passes_a_ttl(client: httpx.AsyncClient, auth: Au
     assert (await decrypt(client, alice, ciphertext, ttl=1)).json() == {"plaintext": "fresh"}
 
 
+async def test_a_whole_ttl_written_as_a_float_is_that_integer(
+    client: httpx.AsyncClient, auth: Auth
+) -> None:
+    """60.0 is an integer to JSON Schema, so the document calls it valid: the service
+    agrees (tests/security/test_fuzz.py found it refused with 422)."""
+    alice = auth("alice")
+    ciphertext = await encrypt(client, alice, "fresh")
+    assert (await decrypt(client, alice, ciphertext, ttl=60.0)).json() == {"plaintext": "fresh"}
+    # ... and the document still states the bounds the service enforces.
+    ttl = DecryptRequest.model_json_schema()["properties"]["ttl"]["anyOf"][0]
+    assert ttl == {"type": "integer", "minimum": 1, "maximum": MAX_TTL_SECONDS}
+
+
 @pytest.mark.parametrize(
     ("path", "body"),
     [
@@ -186,7 +200,8 @@ async def test_fresh_ciphertext_passes_a_ttl(client: httpx.AsyncClient, auth: Au
         ("/crypto/decrypt", {"ciphertext": "x", "ttl": 0}),
         ("/crypto/decrypt", {"ciphertext": "x", "ttl": -5}),
         ("/crypto/decrypt", {"ciphertext": "x", "ttl": 1.5}),
-        ("/crypto/decrypt", {"ciphertext": "x", "ttl": 60.0}),
+        ("/crypto/decrypt", {"ciphertext": "x", "ttl": 1e30}),
+        ("/crypto/decrypt", {"ciphertext": "x", "ttl": 0.0}),
         ("/crypto/decrypt", {"ciphertext": "x", "ttl": "60"}),
         ("/crypto/decrypt", {"ciphertext": "x", "ttl": True}),
         ("/crypto/decrypt", {"ciphertext": "x", "ttl": 10**20}),

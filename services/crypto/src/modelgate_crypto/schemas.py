@@ -2,10 +2,23 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Annotated
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 # 100 years: a bound that no real expiry needs, so absurd values are refused as input.
 MAX_TTL_SECONDS = 100 * 365 * 86_400
+
+
+def _whole_number(value: object) -> object:
+    """JSON has one number type: 60.0 is the integer 60, as JSON Schema (and so the
+    OpenAPI document's ``"type": "integer"``) reads it. 1.5, "60" and true stay refused."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+Seconds = Annotated[int, Field(ge=1, le=MAX_TTL_SECONDS), BeforeValidator(_whole_number)]
 
 
 class _Strict(BaseModel):
@@ -25,10 +38,8 @@ class EncryptResponse(_Strict):
 
 class DecryptRequest(_Strict):
     ciphertext: str = Field(description="a Fernet token made for the caller")
-    ttl: int | None = Field(
+    ttl: Seconds | None = Field(
         None,
-        ge=1,
-        le=MAX_TTL_SECONDS,
         description="refuse a ciphertext encrypted more than this many seconds ago",
     )
 
