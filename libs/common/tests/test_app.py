@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -20,6 +21,7 @@ from modelgate_common import (
     create_service_app,
     read_secret,
 )
+from modelgate_common._logging import JsonFormatter
 from modelgate_common.testing import TokenFactory
 from pydantic import BaseModel, ConfigDict
 
@@ -219,3 +221,13 @@ def test_metrics_count_requests_and_auth_failures(client: TestClient) -> None:
     assert sample(after, failures) == sample(before, failures) + 1
     live = 'modelgate_http_requests_total{method="GET",route="/health/live"'
     assert sample(after, live) == sample(before, live) + 1
+
+
+def test_a_log_record_stays_one_line_whatever_a_client_sends() -> None:
+    """U+0085, U+2028 and U+2029 in a fuzzed path split access-log records for line
+    readers (found by tests/security/test_fuzz.py); escaped, the JSON is the same."""
+    path = "/v2/models/a\x85b\u2028c\u2029d\x1ce\nf"
+    record = logging.makeLogRecord({"msg": "request", "path": path})
+    line = JsonFormatter("t").format(record)
+    assert line.splitlines() == [line]
+    assert json.loads(line)["path"] == path

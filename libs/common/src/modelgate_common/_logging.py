@@ -23,6 +23,9 @@ AUDIT_LOGGER = "modelgate.audit"
 _RESERVED = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 
 
+_LINE_BREAKS = str.maketrans({"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"})
+
+
 class JsonFormatter(logging.Formatter):
     def __init__(self, service: str) -> None:
         super().__init__()
@@ -44,7 +47,11 @@ class JsonFormatter(logging.Formatter):
                 entry[key] = value
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
-        return orjson.dumps(entry, default=str).decode()
+        line = orjson.dumps(entry, default=str).decode()
+        # JSON lets U+0085, U+2028 and U+2029 stand raw in a string, but many line
+        # readers (Python's splitlines among them) end a line there: a client's path
+        # must not split one record in two. Escaped, the line is the same JSON.
+        return line.translate(_LINE_BREAKS)
 
 
 def configure_logging(service: str, level: str = "INFO", audit_file: Path | None = None) -> None:

@@ -207,7 +207,8 @@ async def me(request: Request, service: Service, principal: CurrentPrincipal) ->
 @router.patch(
     "/auth/users/me",
     response_model=UserOut,
-    responses=error_responses(401, 403, 422),
+    # 429/503: a password change spends the sign-in budget, as /auth/token does.
+    responses=error_responses(401, 403, 422, 429, 503),
     tags=["users"],
 )
 async def update_me(
