@@ -8,9 +8,11 @@ import pickle
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import joblib
+import jsonschema_rs
 import numpy as np
 import pytest
 from inference_testdata import IRIS_FEATURES, IRIS_SAMPLES, Audit, Serve
@@ -243,6 +245,57 @@ async def test_path_parameters_in_the_document_are_never_nullable(
                 assert parameter["schema"].get("type") == "string", (path, parameter)
                 assert "anyOf" not in parameter["schema"], (path, parameter)
     assert checked >= 10
+
+
+async def test_every_answer_has_the_documented_shape(
+    client: httpx.AsyncClient, auth: Auth, make_settings: Callable[..., InferenceSettings]
+) -> None:
+    """Bodies are built as plain dicts, so nothing but this (and the fuzzer in
+    tests/security/test_fuzz.py) holds them to the shapes the document publishes."""
+    document = create_app(make_settings()).openapi()
+    rows = [row for row, _ in IRIS_SAMPLES]
+    listing = (await client.get("/v1/models", headers=auth())).json()["models"]
+    cancer = next(m for m in listing if m["name"] == "breast_cancer")["versions"][0]
+    cancer_row = {f["name"]: f["min"] for f in cancer["input_schema"]["features"]}
+    outputs = [{"name": "label"}, {"name": "probabilities"}]
+    calls: list[tuple[str, str, dict[str, Any] | None]] = [
+        ("/v1/models", "/v1/models", None),
+        ("/v1/models/{name}", "/v1/models/iris", None),
+        ("/v1/models/{name}/predict", "/v1/models/iris/predict", {"instances": rows}),
+        (
+            "/v1/models/{name}/predict",
+            "/v1/models/breast_cancer/predict?version=1",
+            {"instances": [cancer_row], "probabilities": True},
+        ),
+        ("/predict", "/predict", rows[0]),
+        ("/v2", "/v2", None),
+        ("/v2/health/live", "/v2/health/live", None),
+        ("/v2/health/ready", "/v2/health/ready", None),
+        ("/v2/models/{name}", "/v2/models/iris", None),
+        ("/v2/models/{name}/versions/{version}", "/v2/models/iris/versions/1", None),
+        ("/v2/models/{name}/ready", "/v2/models/iris/ready", None),
+        ("/v2/models/{name}/versions/{version}/ready", "/v2/models/iris/versions/7/ready", None),
+        ("/v2/models/{name}/infer", "/v2/models/iris/infer", v2_body(rows, id="r")),
+        (
+            "/v2/models/{name}/versions/{version}/infer",
+            "/v2/models/iris/versions/1/infer",
+            v2_body(rows, outputs=outputs),
+        ),
+    ]
+    for template, url, body in calls:
+        if body is None:
+            response = await client.get(url, headers=auth())
+            method = "get"
+        else:
+            response = await client.post(url, json=body, headers=auth())
+            method = "post"
+        documented = document["paths"][template][method]["responses"]
+        assert str(response.status_code) in documented, (url, response.status_code)
+        schema = documented[str(response.status_code)]["content"]["application/json"]["schema"]
+        assert schema, f"{template}: {response.status_code} has no documented shape"
+        validator = jsonschema_rs.validator_for({**schema, "components": document["components"]})
+        errors = [e.message for e in validator.iter_errors(response.json())]
+        assert not errors, (url, errors, response.text[:300])
 
 
 async def test_v2_health_is_public(client: httpx.AsyncClient) -> None:

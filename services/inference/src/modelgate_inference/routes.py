@@ -22,6 +22,19 @@ from modelgate_common import (
 )
 from pydantic import BaseModel, ConfigDict, Field
 
+from .responses import (
+    InferenceResponseOut,
+    LiveOut,
+    LoadOut,
+    ModelList,
+    ModelMetadataOut,
+    ModelOut,
+    ModelReadyOut,
+    PredictionsOut,
+    ReadyOut,
+    SeedPredictionOut,
+    ServerMetadataOut,
+)
 from .runtime import LoadedModel
 from .schemas import (
     INPUT_TENSOR,
@@ -57,6 +70,12 @@ class Json(JsonResponse):
 class UnsupportedMediaType(ServiceError):
     status_code = 415
     message = "send the body as application/json"
+
+
+def _answers(body: type[BaseModel], *errors: int) -> dict[int | str, dict[str, Any]]:
+    """``responses=``: the shape of the 200 body (documentation only, see
+    ``responses``) and the errors the route can answer."""
+    return {200: {"model": body}, **error_responses(*errors)}
 
 
 # --- dependencies ----------------------------------------------------------------------------
@@ -146,14 +165,14 @@ def _describe_model(registry: ModelRegistry, name: str) -> dict[str, Any]:
     }
 
 
-@router.get("/v1/models", tags=["v1"], responses=error_responses(401, 403))
+@router.get("/v1/models", tags=["v1"], responses=_answers(ModelList, 401, 403))
 async def list_models(request: Request, _: Reader) -> Json:
     registry = _registry(request)
     names = sorted(registry.snapshot.models)
     return Json({"models": [_describe_model(registry, n) for n in names]})
 
 
-@router.get("/v1/models/{name}", tags=["v1"], responses=error_responses(401, 403, 404, 422))
+@router.get("/v1/models/{name}", tags=["v1"], responses=_answers(ModelOut, 401, 403, 404, 422))
 async def get_model(request: Request, name: ModelName, _: Reader) -> Json:
     registry = _registry(request)
     registry.get(name)
@@ -163,7 +182,7 @@ async def get_model(request: Request, name: ModelName, _: Reader) -> Json:
 @router.post(
     "/v1/models/{name}/predict",
     tags=["v1"],
-    responses=error_responses(401, 403, 404, 413, 415, 422, 429),
+    responses=_answers(PredictionsOut, 401, 403, 404, 413, 415, 422, 429),
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -221,7 +240,7 @@ class LoadRequest(BaseModel):
 @router.post(
     "/v1/models/{name}/load",
     tags=["v1"],
-    responses=error_responses(401, 403, 404, 422, 503),
+    responses=_answers(LoadOut, 401, 403, 404, 422, 503),
 )
 async def load_version(
     request: Request, name: ModelName, _: Admin, payload: LoadRequest | None = None
@@ -239,7 +258,7 @@ async def load_version(
 @router.post(
     "/predict",
     tags=["seed"],
-    responses=error_responses(401, 403, 404, 413, 415, 422, 429),
+    responses=_answers(SeedPredictionOut, 401, 403, 404, 413, 415, 422, 429),
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -273,18 +292,25 @@ async def predict_seed(request: Request, principal: Predictor) -> Json:
 # --- Open Inference Protocol v2 --------------------------------------------------------------
 
 
-@router.get("/v2", tags=["v2"], responses=error_responses(401, 403))
+@router.get("/v2", tags=["v2"], responses=_answers(ServerMetadataOut, 401, 403))
 async def server_metadata(_: Reader) -> Json:
     return Json({"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": []})
 
 
-@router.get("/v2/health/live", tags=["v2"])
+@router.get("/v2/health/live", tags=["v2"], responses=_answers(LiveOut))
 async def server_live() -> Json:
     """Public, as the protocol intends for orchestrators' probes."""
     return Json({"live": True})
 
 
-@router.get("/v2/health/ready", tags=["v2"], responses={503: {"description": "no model serves"}})
+@router.get(
+    "/v2/health/ready",
+    tags=["v2"],
+    responses={
+        **_answers(ReadyOut),
+        503: {"description": "no model serves", "model": ReadyOut},
+    },
+)
 async def server_ready(request: Request) -> Json:
     """Public: ready when at least one model serves (no names are revealed)."""
     ready = bool(_registry(request).snapshot.defaults)
@@ -316,7 +342,9 @@ def _v2_metadata(model: LoadedModel) -> dict[str, Any]:
 
 # Each route with a {version} has a handler of its own: one handler for both paths
 # would publish ``version`` as nullable, and a path parameter never is.
-@router.get("/v2/models/{name}", tags=["v2"], responses=error_responses(401, 403, 404, 422))
+@router.get(
+    "/v2/models/{name}", tags=["v2"], responses=_answers(ModelMetadataOut, 401, 403, 404, 422)
+)
 async def model_metadata(request: Request, name: ModelName, _: Reader) -> Json:
     return _model_metadata(request, name, None)
 
@@ -324,7 +352,7 @@ async def model_metadata(request: Request, name: ModelName, _: Reader) -> Json:
 @router.get(
     "/v2/models/{name}/versions/{version}",
     tags=["v2"],
-    responses=error_responses(401, 403, 404, 422),
+    responses=_answers(ModelMetadataOut, 401, 403, 404, 422),
 )
 async def model_version_metadata(
     request: Request, name: ModelName, version: ModelVersion, _: Reader
@@ -342,14 +370,14 @@ def _model_metadata(request: Request, name: str, version: str | None) -> Json:
 
 
 _NOT_READY: dict[int | str, dict[str, Any]] = {
-    503: {"description": "The model (version) is known but not ready"}
+    503: {"description": "The model (version) is known but not ready", "model": ModelReadyOut}
 }
 
 
 @router.get(
     "/v2/models/{name}/ready",
     tags=["v2"],
-    responses={**error_responses(401, 403, 404, 422), **_NOT_READY},
+    responses={**_answers(ModelReadyOut, 401, 403, 404, 422), **_NOT_READY},
 )
 async def model_ready(request: Request, name: ModelName, _: Reader) -> Json:
     return _model_ready(request, name, None)
@@ -358,7 +386,7 @@ async def model_ready(request: Request, name: ModelName, _: Reader) -> Json:
 @router.get(
     "/v2/models/{name}/versions/{version}/ready",
     tags=["v2"],
-    responses={**error_responses(401, 403, 404, 422), **_NOT_READY},
+    responses={**_answers(ModelReadyOut, 401, 403, 404, 422), **_NOT_READY},
 )
 async def model_version_ready(
     request: Request, name: ModelName, version: ModelVersion, _: Reader
@@ -414,7 +442,7 @@ _INFER_BODY = _json_body_of(
 @router.post(
     "/v2/models/{name}/infer",
     tags=["v2"],
-    responses=error_responses(401, 403, 404, 413, 415, 422, 429),
+    responses=_answers(InferenceResponseOut, 401, 403, 404, 413, 415, 422, 429),
     openapi_extra=_INFER_BODY,
 )
 async def infer(request: Request, name: ModelName, principal: Predictor) -> Json:
@@ -426,7 +454,7 @@ async def infer(request: Request, name: ModelName, principal: Predictor) -> Json
 @router.post(
     "/v2/models/{name}/versions/{version}/infer",
     tags=["v2"],
-    responses=error_responses(401, 403, 404, 413, 415, 422, 429),
+    responses=_answers(InferenceResponseOut, 401, 403, 404, 413, 415, 422, 429),
     openapi_extra=_INFER_BODY,
 )
 async def infer_version(
