@@ -130,7 +130,7 @@ def test_configuration_reference_is_current() -> None:
 def test_every_command_has_help() -> None:
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
-    for command in ("init", "status", "preflight", "render-nginx", "config-reference"):
+    for command in ("init", "prepare", "status", "preflight", "render-nginx", "config-reference"):
         assert command in result.output
         sub = runner.invoke(app, [command, "--help"])
         assert sub.exit_code == 0 and "Usage" in sub.output

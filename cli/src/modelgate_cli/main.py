@@ -74,6 +74,15 @@ def preflight() -> None:
         raise typer.Exit(1)
 
 
+@app.command()
+def prepare() -> None:
+    """Everything a native start needs, in one process: init, render nginx's
+    configuration, preflight (what `make run` and `make up` call)."""
+    init()
+    render_nginx(ProjectPaths.from_env())
+    preflight()
+
+
 @app.command("config-reference")
 def config_reference() -> None:
     """Print the configuration reference (docs/configuration.md) generated from the settings."""
