@@ -13,8 +13,11 @@ from typing import Annotated, Any
 
 import httpx
 import pytest
+import redis.asyncio as aioredis
 from fastapi import APIRouter, Depends, FastAPI, Form, Security
 from fastapi.responses import JSONResponse
+from limits.aio.storage import RedisStorage
+from limits.aio.strategies import SlidingWindowCounterRateLimiter
 from modelgate_common import (
     CommonSettings,
     Principal,
@@ -27,7 +30,7 @@ from modelgate_common import (
     rate_limit,
     shared_resources,
 )
-from modelgate_common._ratelimit import _sliding_window_times
+from modelgate_common._ratelimit import SharedRateLimiter, _sliding_window_times
 from modelgate_common.testing import TokenFactory
 from prometheus_client import REGISTRY
 from pydantic import ValidationError
@@ -228,6 +231,43 @@ async def test_subject_limit_is_exact_across_workers(stack: Stack) -> None:
     admin = stack.factory.mint("root", role="admin")
     admin_statuses = [(await stack.predict(admin)).status_code for _ in range(9)]
     assert admin_statuses == [200] * 8 + [429]
+
+
+async def test_each_check_is_one_round_trip_on_limits_own_keys(
+    stack: Stack, redis_server: Any
+) -> None:
+    """A prediction costs two Redis script calls (request limit, rows quota), and the
+    counts they write are the ones the ``limits`` library itself reads for that item."""
+    token = stack.factory.mint("olga", role="admin")
+    client = aioredis.from_url(redis_server.url)
+    try:
+        assert (await stack.predict(token, rows=5)).status_code == 200  # scripts loaded
+        await client.config_resetstat()
+        response = await stack.predict(token, rows=7)
+        stats = await client.info("commandstats")
+    finally:
+        await client.aclose()
+    assert response.status_code == 200
+    # Commands a script runs are counted too (GET, PTTL, INCRBY...), under their names.
+    calls = {name: int(value["calls"]) for name, value in stats.items()}
+    assert calls["cmdstat_evalsha"] == 2
+    assert "cmdstat_eval" not in calls
+    limiter: SharedRateLimiter = stack.apps[0].state.ratelimiter
+    storage = RedisStorage(
+        "async+" + redis_server.url, implementation="redispy", key_prefix="mg:rl"
+    )
+    try:
+        reader = SlidingWindowCounterRateLimiter(storage)
+        requests = await reader.get_window_stats(
+            limiter.item("predict", "admin"), "predict", "olga"
+        )
+        rows = await reader.get_window_stats(
+            limiter.item("predict_rows", "admin"), "predict_rows", "olga"
+        )
+    finally:
+        await storage.bridge.get_connection().aclose()
+    assert requests.remaining == 6 == int(response.headers["ratelimit-remaining"])
+    assert rows.remaining == 88 == int(response.headers["x-quota-rows-remaining"])
 
 
 async def test_crypto_limit_and_token_required(stack: Stack) -> None:

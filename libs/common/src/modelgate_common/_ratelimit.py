@@ -1,8 +1,11 @@
 """Rate limits that hold across every worker of every service.
 
 Counters live in Redis, written through the ``limits`` library's asyncio storage
-(``async+redis://`` on redis-py's asyncio client), so a check is one or two
-awaited round trips and never blocks the event loop. slowapi's ``Limiter`` is
+(``async+redis://`` on redis-py's asyncio client), so a check is awaited and never
+blocks the event loop. A sliding-window check is ONE round trip: ``_SLIDING_HIT``
+is ``limits``' own acquire script on the same keys, which also returns the
+window's counts it just wrote, so the ``RateLimit-*`` numbers come from the call
+that charged (not from a second ``get_sliding_window`` call). slowapi's ``Limiter`` is
 not used for the checks: it drives the synchronous storage API (a blocking Redis
 call inside every async route) and answers 500 when that storage fails. What
 slowapi offers that fits is used: its ``get_remote_address`` key function, i.e.
@@ -71,6 +74,8 @@ _SERVICE: dict[Policy, str] = {
     "predict_rows": "inference",
     "crypto": "crypto",
 }
+# Exact moving windows (sign-in); every other policy is a sliding window counter.
+_MOVING: frozenset[Policy] = frozenset({"login", "login_failures"})
 
 
 class _Exchange:
@@ -128,6 +133,57 @@ class Verdict:
         return error
 
 
+# ``limits``' acquire_sliding_window.lua (limits 4/5, async redis storage), unchanged in
+# what it writes, but it returns the window it leaves behind as well as the verdict:
+# {allowed, previous count, previous pttl, current count, current pttl}. The window
+# shift runs first in every case (limits' sliding_window.lua does it on the read that
+# followed the acquire), so a cost above the limit reads the same window as before.
+_SLIDING_HIT = """
+local limit = tonumber(ARGV[1])
+local expiry = tonumber(ARGV[2]) * 1000
+local amount = tonumber(ARGV[3])
+
+local current_ttl = tonumber(redis.call('pttl', KEYS[2]))
+if current_ttl > 0 and current_ttl < expiry then
+    redis.call('rename', KEYS[2], KEYS[1])
+    redis.call('set', KEYS[2], 0, 'PX', current_ttl + expiry)
+end
+
+local previous_count = tonumber(redis.call('get', KEYS[1])) or 0
+local previous_ttl = tonumber(redis.call('pttl', KEYS[1])) or 0
+local current_count = tonumber(redis.call('get', KEYS[2])) or 0
+current_ttl = tonumber(redis.call('pttl', KEYS[2])) or 0
+if previous_ttl <= 0 then
+    previous_ttl = 0
+end
+if current_ttl <= 0 then
+    current_ttl = 0
+end
+local weighted_count = math.floor(previous_count * previous_ttl / expiry) + current_count
+
+if amount > limit or (weighted_count + amount) > limit then
+    return {0, previous_count, previous_ttl, current_count, current_ttl}
+end
+if redis.call('exists', KEYS[2]) == 1 then
+    current_count = redis.call('incrby', KEYS[2], amount)
+    current_ttl = tonumber(redis.call('pttl', KEYS[2]))
+else
+    redis.call('set', KEYS[2], amount, 'PX', expiry * 2)
+    current_count = amount
+    current_ttl = expiry * 2
+end
+return {1, previous_count, previous_ttl, current_count, current_ttl}
+"""
+_KEY_PREFIX = "mg:rl"
+
+
+def _sliding_keys(key: str) -> list[str]:
+    """The previous and current window keys ``limits``' Redis storage uses for ``key``
+    (``<prefix>:{key}/-1`` and ``<prefix>:{key}``), so its strategies read our counts."""
+    current = f"{_KEY_PREFIX}:{{{key}}}"
+    return [current + "/-1", current]
+
+
 class _StoreDown(Exception):
     """Redis is unreachable (or the breaker says so) and the policy refuses."""
 
@@ -141,7 +197,7 @@ class _Counters:
         self.sliding: RateLimiter = SlidingWindowCounterRateLimiter(storage)
 
     def strategy(self, policy: Policy) -> RateLimiter:
-        return self.moving if policy in ("login", "login_failures") else self.sliding
+        return self.moving if policy in _MOVING else self.sliding
 
 
 def _key(value: str) -> str:
@@ -175,10 +231,12 @@ class SharedRateLimiter:
             RedisStorage(
                 "async+" + redis_url,
                 implementation="redispy",
-                key_prefix="mg:rl",
+                key_prefix=_KEY_PREFIX,
                 connection_pool=self._pool,  # type: ignore[arg-type]  # passed through to redis-py
             )
         )
+        # EVALSHA, loading the script on NOSCRIPT (a restarted Redis forgets it).
+        self._sliding_hit = aioredis.Redis(connection_pool=self._pool).register_script(_SLIDING_HIT)
         self._local = _Counters(MemoryStorage())
         self.breaker = CircuitBreaker(settings.breaker_seconds)
         self._items: dict[tuple[Policy, str | None], RateLimitItem] = {}
@@ -238,10 +296,23 @@ class SharedRateLimiter:
         item = self.item(policy, role)
 
         async def op(counters: _Counters) -> Verdict:
+            if counters is self._shared and policy not in _MOVING:
+                return await self._hit_sliding(policy, item, identity, cost)
             allowed = await counters.strategy(policy).hit(item, policy, identity, cost=cost)
             return await _measure(counters, policy, item, identity, allowed, cost)
 
-        return await self._run(policy, policy not in ("login", "login_failures"), op)
+        return await self._run(policy, policy not in _MOVING, op)
+
+    async def _hit_sliding(
+        self, policy: Policy, item: RateLimitItem, identity: str, cost: int
+    ) -> Verdict:
+        """Charge and read the shared sliding window in one round trip."""
+        expiry = item.get_expiry()
+        keys = _sliding_keys(item.key_for(policy, identity))
+        reply = await self._sliding_hit(keys=keys, args=[item.amount, expiry, cost])
+        allowed, previous, previous_ttl, current, current_ttl = (int(v) for v in reply)
+        window = (previous, max(0, previous_ttl) / 1000, current, max(0, current_ttl) / 1000)
+        return _sliding_verdict(item, cost, bool(allowed), window, shared=True)
 
     async def test(self, policy: Policy, identity: str, role: str | None = None) -> Verdict:
         """Would one more request fit? Consumes nothing."""
@@ -250,7 +321,7 @@ class SharedRateLimiter:
         async def op(counters: _Counters) -> Verdict:
             return await _measure(counters, policy, item, identity, None, 1)
 
-        return await self._run(policy, policy not in ("login", "login_failures"), op)
+        return await self._run(policy, policy not in _MOVING, op)
 
     # -- policies as the routes use them ----------------------------------------------
     async def check_login(self, client_ip: str, username: str) -> Verdict:
@@ -350,27 +421,44 @@ async def _measure(
     cost: int,
 ) -> Verdict:
     """Remaining budget and timings after a hit (or, ``allowed=None``, without one)."""
-    expiry = item.get_expiry()
-    limit = item.amount
-    if isinstance(counters.strategy(policy), MovingWindowRateLimiter):
-        stats = await counters.moving.get_window_stats(item, policy, identity)
-        remaining = max(0, stats.remaining)
-        # The oldest counted request ages out at reset_time: one slot frees up then.
-        reset = retry = stats.reset_time - time.time()
-    else:
+    shared = isinstance(counters.storage, RedisStorage)
+    if not isinstance(counters.strategy(policy), MovingWindowRateLimiter):
         window = await counters.storage.get_sliding_window(  # type: ignore[attr-defined]
-            item.key_for(policy, identity), expiry
+            item.key_for(policy, identity), item.get_expiry()
         )
-        remaining, reset, retry = _sliding_window_times(limit, expiry, cost, *window)
-    if allowed is None:
-        allowed = remaining >= cost
+        return _sliding_verdict(item, cost, allowed, window, shared)
+    stats = await counters.moving.get_window_stats(item, policy, identity)
+    remaining = max(0, stats.remaining)
+    # The oldest counted request ages out at reset_time: one slot frees up then.
+    reset = retry = stats.reset_time - time.time()
+    expiry = item.get_expiry()
     return Verdict(
-        allowed=allowed,
-        limit=limit,
+        allowed=remaining >= cost if allowed is None else allowed,
+        limit=item.amount,
         remaining=remaining,
         reset_after=max(1, min(expiry, math.ceil(reset))),
         retry_after=max(1, min(2 * expiry, math.floor(retry) + 1)),  # strictly after
-        shared=isinstance(counters.storage, RedisStorage),
+        shared=shared,
+    )
+
+
+def _sliding_verdict(
+    item: RateLimitItem,
+    cost: int,
+    allowed: bool | None,
+    window: tuple[int, float, int, float],
+    shared: bool,
+) -> Verdict:
+    """The verdict from a sliding window's (previous, previous ttl, current, current ttl)."""
+    expiry = item.get_expiry()
+    remaining, reset, retry = _sliding_window_times(item.amount, expiry, cost, *window)
+    return Verdict(
+        allowed=remaining >= cost if allowed is None else allowed,
+        limit=item.amount,
+        remaining=remaining,
+        reset_after=max(1, min(expiry, math.ceil(reset))),
+        retry_after=max(1, min(2 * expiry, math.floor(retry) + 1)),  # strictly after
+        shared=shared,
     )
 
 
