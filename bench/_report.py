@@ -265,7 +265,8 @@ def chart(path: Path, doc: dict[str, Any]) -> None:
     if batch:
         ax = axes[2]
         values = [runs[k]["rows_per_s"] for k in batch]
-        bars = ax.bar([titles.get(k, k) for k in batch], values, color="#2a9d8f")
+        labels = [f"{runs[k]['rows_per_request']} rows/request" for k in batch]
+        bars = ax.bar(labels, values, color="#2a9d8f")
         ax.bar_label(bars, labels=[f"{v:,.0f}" for v in values], padding=3)
         ax.set_ylim(0, max([*values, GOAL_BATCH_ROWS_PER_S]) * 1.2)
         ax.axhline(GOAL_BATCH_ROWS_PER_S, color="#e63946", linestyle="--", linewidth=1)
@@ -277,7 +278,8 @@ def chart(path: Path, doc: dict[str, Any]) -> None:
     fig.suptitle(
         f"modelgate benchmark — {m['logical_cpus']} CPUs ({m['cpu']}), wrk "
         f"{doc['client']['threads']} threads x {doc['client']['connections']} connections, "
-        f"{doc['client']['duration_s']} s per run — {doc['finished']}",
+        f"{doc['client']['duration_s']} s per run — {doc['finished']}"
+        + (" — NOISY: other processes used the CPU too" if doc.get("noisy_runs") else ""),
         fontsize=10,
     )
     path.parent.mkdir(parents=True, exist_ok=True)
