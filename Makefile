@@ -50,14 +50,15 @@ $(SSLYZE_STAMP): $(SSLYZE_LOCK)
 sslyze-venv: $(SSLYZE_STAMP) ## Create the TLS scanner's own virtual environment (hash-pinned)
 
 .PHONY: system-deps
-system-deps: ## Install nginx and Redis (apt, when root) or say what to install
+system-deps: ## Install nginx, Redis and PostgreSQL (apt, when root) or say what to install
 	@missing=""; for b in nginx redis-server; do command -v $$b >/dev/null || missing="$$missing $$b"; done; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || [ -n "$$MG_TEST_POSTGRES_BINDIR" ] || missing="$$missing postgresql"; \
 	if [ -n "$$missing" ]; then \
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 			echo "installing$$missing"; \
-			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx redis-server >/dev/null; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 		else \
-			echo "modelgate needs:$$missing (as root: apt-get install nginx redis-server)"; exit 1; \
+			echo "modelgate needs:$$missing (as root: apt-get install$$missing)"; exit 1; \
 		fi; \
 	fi
 

@@ -10,6 +10,7 @@ from modelgate_common._logging import AUDIT_LOGGER, JsonFormatter, configure_aud
 from . import keys, models
 from ._auth import user_app
 from ._configref import configuration_reference
+from ._db import db_app
 from ._init import run_init
 from ._paths import ProjectPaths
 from ._render import render_nginx
@@ -24,6 +25,7 @@ app = typer.Typer(
 app.add_typer(keys.app, name="keys")
 app.add_typer(models.app, name="model")
 app.add_typer(user_app, name="user")
+app.add_typer(db_app, name="db")
 
 
 @app.callback()

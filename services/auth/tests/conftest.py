@@ -1,5 +1,7 @@
-"""In-process tests of the auth service: a real SQLite file in a temporary folder
-and a real, throwaway Redis (the root conftest's ``redis_server``)."""
+"""In-process tests of the auth service: a real, throwaway Redis (the root conftest's
+``redis_server``) and a real user database. Every test that uses ``settings`` runs
+twice: against a SQLite file in a temporary folder (the default) and against a fresh
+database in a PostgreSQL cluster that the test run starts (pg_testlib)."""
 
 from __future__ import annotations
 
@@ -9,10 +11,12 @@ from typing import Any
 
 import pytest
 import redis
+from _pytest.fixtures import SubRequest
 from auth_testlib import ADMIN_PASSWORD, USER_PASSWORD, bearer, login, make_settings
 from fastapi.testclient import TestClient
 from modelgate_auth.config import AuthSettings
 from modelgate_auth.main import create_app
+from pg_testlib import PostgresCluster, free_port
 
 
 @pytest.fixture
@@ -27,9 +31,28 @@ def redis_client(redis_url: str) -> Iterator[redis.Redis]:
     client.close()
 
 
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresCluster]:
+    cluster = PostgresCluster(free_port())
+    cluster.start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: SubRequest) -> str | None:
+    """None: the default SQLite file under var_dir; else a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return None
+    cluster: PostgresCluster = request.getfixturevalue("postgres")
+    return cluster.new_database()
+
+
 @pytest.fixture
-def settings(tmp_path: Path, redis_url: str, redis_client: redis.Redis) -> AuthSettings:
-    return make_settings(tmp_path, redis_url)
+def settings(
+    tmp_path: Path, redis_url: str, redis_client: redis.Redis, database_url: str | None
+) -> AuthSettings:
+    return make_settings(tmp_path, redis_url, database_url=database_url)
 
 
 @pytest.fixture

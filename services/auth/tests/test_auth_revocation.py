@@ -10,6 +10,7 @@ import redis
 from auth_testlib import ADMIN_PASSWORD, USER_PASSWORD, bearer, login
 from fastapi.testclient import TestClient
 from modelgate_auth.config import AuthSettings
+from modelgate_auth.db import Revocation
 from modelgate_auth.main import build_service, create_app
 from modelgate_auth.schemas import UserUpdate
 from modelgate_common import revoked_jti_key
@@ -98,3 +99,31 @@ def test_revoked_jti_expires_with_the_token(
     ttl = redis_client.ttl(revoked_jti_key(jti))
     # Kept until the token's expiry plus the verifier's leeway, not forever.
     assert 0 < ttl <= 900 + 30
+
+
+def test_a_revocation_committed_after_a_higher_id_still_reaches_redis(
+    client: TestClient, settings: AuthSettings, redis_client: redis.Redis
+) -> None:
+    """PostgreSQL allocates ids at insert, not at commit: a revocation with a lower id
+    can become visible after one with a higher id was pushed. The periodic push must
+    not step over it (an id cursor did)."""
+    sessions = client.app.state.auth_service.sessions  # type: ignore[attr-defined]
+    expires = int(time.time()) + 600
+    now = int(time.time())
+    _sync(client)  # marker set: from now on the push is incremental
+    with sessions.begin() as session:
+        session.add(
+            Revocation(
+                id=1000, key="mg:test:late-high", value="1", expires_at=expires, created_at=now
+            )
+        )
+    _sync(client)
+    assert redis_client.get("mg:test:late-high") == b"1"
+    with sessions.begin() as session:  # committed late, with the lower id
+        session.add(
+            Revocation(
+                id=999, key="mg:test:late-low", value="1", expires_at=expires, created_at=now
+            )
+        )
+    _sync(client)
+    assert redis_client.get("mg:test:late-low") == b"1"

@@ -41,6 +41,7 @@ def test_first_admin_is_created_from_the_secret_file(
     assert not me["disabled"]
 
 
+@pytest.mark.parametrize("database_url", [None], ids=["sqlite"])
 def test_database_file_is_private(client: TestClient, settings: AuthSettings) -> None:
     db_file = settings.common.var_dir / "data" / "users.db"
     assert db_file.stat().st_mode & 0o777 == 0o600

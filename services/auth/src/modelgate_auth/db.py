@@ -1,8 +1,10 @@
 """The user database: users, refresh-token families and persisted revocations.
 
-SQLAlchemy 2 with a configurable URL (SQLite by default, PostgreSQL later).
-Tables are created with ``CREATE TABLE IF NOT EXISTS`` so several workers can
-start at once on an empty file.
+SQLAlchemy 2 with a configurable URL: a SQLite file by default, PostgreSQL when
+``MG_AUTH_DATABASE_URL`` says so (``postgresql+psycopg://...``). The schema is made
+and changed by the Alembic migrations in ``migrations/`` (``upgrade_schema``), which
+the service runs at start; several workers starting at once take turns (SQLite's
+write lock, a PostgreSQL advisory lock) and all but the first find nothing to do.
 """
 
 from __future__ import annotations
@@ -10,8 +12,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import (
     Boolean,
+    Connection,
     Engine,
     ForeignKey,
     Index,
@@ -20,9 +27,13 @@ from sqlalchemy import (
     create_engine,
     event,
     make_url,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
-from sqlalchemy.schema import CreateIndex, CreateTable
+
+MIGRATIONS = Path(__file__).with_name("migrations")
+# pg_advisory_xact_lock key held while migrating ("mgauth" in ASCII).
+_MIGRATION_LOCK = 0x6D67_6175_7468
 
 
 class Base(DeclarativeBase):
@@ -82,6 +93,8 @@ class Revocation(Base):
     key: Mapped[str] = mapped_column(String(255))
     value: Mapped[str] = mapped_column(String(64))
     expires_at: Mapped[int] = mapped_column(Integer)
+    # When it was written (the periodic push reads a time window, see revocation.py).
+    created_at: Mapped[int] = mapped_column(Integer, server_default="0", index=True)
 
     __table_args__ = (Index("ix_revocations_expires_at", "expires_at"),)
 
@@ -128,12 +141,30 @@ def _create_private_file(path: Path) -> None:
     os.close(fd)
 
 
-def create_schema(engine: Engine) -> None:
+def _alembic_config(connection: Connection) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.attributes["connection"] = connection
+    return config
+
+
+def upgrade_schema(engine: Engine, revision: str = "head") -> None:
+    """Create or migrate the schema to ``revision``, in one transaction."""
     with engine.begin() as conn:
-        for table in Base.metadata.sorted_tables:
-            conn.execute(CreateTable(table, if_not_exists=True))
-            for index in table.indexes:
-                conn.execute(CreateIndex(index, if_not_exists=True))
+        if conn.dialect.name == "postgresql":
+            # Replicas starting together migrate one at a time (released at commit).
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK})
+        command.upgrade(_alembic_config(conn), revision)
+
+
+def schema_revision(engine: Engine) -> str | None:
+    """The revision the database is at (None: not created yet)."""
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def head_revision() -> str | None:
+    return ScriptDirectory(str(MIGRATIONS)).get_current_head()
 
 
 def make_session_factory(engine: Engine) -> sessionmaker:

@@ -21,7 +21,7 @@ from modelgate_common import (
 from sqlalchemy import text
 
 from .config import AuthSettings
-from .db import create_db_engine, create_schema, make_session_factory
+from .db import create_db_engine, make_session_factory, upgrade_schema
 from .keys import KeyStore, Signer
 from .passwords import Passwords
 from .revocation import RevocationPublisher
@@ -34,7 +34,7 @@ log = logging.getLogger("modelgate.auth")
 def build_service(settings: AuthSettings) -> tuple[AuthService, KeyStore]:
     """Database, keys and password hashing: what the service and the CLI share."""
     engine = create_db_engine(settings.database)
-    create_schema(engine)
+    upgrade_schema(engine)
     keystore = KeyStore(settings.jwt_keys_path, settings.common.jwks_path, settings.jwt_key_bits)
     service = AuthService(
         engine=engine,
@@ -57,33 +57,35 @@ def create_app(settings: AuthSettings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         service, keystore = build_service(settings)
-        created = keystore.ensure()
-        if created:
-            log.info("created a JWT signing key", extra={"kid": created})
-        service.signer.load()
-        if not service.has_admin():
-            # The secret file is read only when it is needed: on the first start.
-            password = read_secret(settings.admin_password_path).get_secret_value()
-            if service.ensure_first_admin(password):
-                log.info("created the first admin user `admin`")
-        app.state.auth_service = service
-        app.state.keystore = keystore
-        app.state.hash_limiter = anyio.CapacityLimiter(settings.argon2_concurrency)
-        async with shared_resources(app, settings.common):
-            publisher = RevocationPublisher(app.state.redis, service.sessions)
-            app.state.revocations = publisher
-            await publisher.sync()  # a revoked token stays revoked after a Redis restart
-            task = asyncio.create_task(publisher.run(settings.revocation_sync_interval))
-            housekeeping = asyncio.create_task(_housekeeping(service, publisher))
-            _add_checks(app.state.health, service)
-            try:
-                yield
-            finally:
-                for background in (task, housekeeping):
-                    background.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await background
-                service.engine.dispose()
+        try:
+            created = keystore.ensure()
+            if created:
+                log.info("created a JWT signing key", extra={"kid": created})
+            service.signer.load()
+            if not service.has_admin():
+                # The secret file is read only when it is needed: on the first start.
+                password = read_secret(settings.admin_password_path).get_secret_value()
+                if service.ensure_first_admin(password):
+                    log.info("created the first admin user `admin`")
+            app.state.auth_service = service
+            app.state.keystore = keystore
+            app.state.hash_limiter = anyio.CapacityLimiter(settings.argon2_concurrency)
+            async with shared_resources(app, settings.common):
+                publisher = RevocationPublisher(app.state.redis, service.sessions)
+                app.state.revocations = publisher
+                await publisher.sync()  # a revoked token stays revoked after a Redis restart
+                task = asyncio.create_task(publisher.run(settings.revocation_sync_interval))
+                housekeeping = asyncio.create_task(_housekeeping(service, publisher))
+                _add_checks(app.state.health, service)
+                try:
+                    yield
+                finally:
+                    for background in (task, housekeeping):
+                        background.cancel()
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await background
+        finally:
+            service.engine.dispose()
 
     app = create_service_app(
         title="modelgate auth", settings=settings.common, lifespan=lifespan, routers=[router]

@@ -5,6 +5,14 @@ The database copy is what makes a revocation outlive a Redis restart: each
 worker pushes revocations it has not pushed yet every few seconds (so those
 made by the CLI or during a Redis outage arrive too), and pushes all live ones
 again whenever Redis has lost its marker key (a restart without persistence).
+
+"Not pushed yet" is a time window, not an id cursor: PostgreSQL hands out ids when
+rows are inserted, not when they commit, so a revocation with a lower id can become
+visible after one with a higher id was already read. Each periodic push re-reads
+every revocation written since ``SYNC_OVERLAP`` seconds before the previous read
+began; a transaction that commits within that overlap (auth transactions take
+milliseconds) is never stepped over. Pushing a revocation twice is harmless.
+Writers on other hosts must keep their clocks within the overlap (NTP).
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+import anyio
 import redis
 import redis.asyncio as aioredis
 from modelgate_common import revoked_jti_key, revoked_subject_key
@@ -26,6 +35,7 @@ from .db import Revocation
 log = logging.getLogger("modelgate.auth.revocation")
 
 SYNC_MARKER = "mg:auth:revocations-synced"
+SYNC_OVERLAP = 60  # seconds re-read by every periodic push
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +58,14 @@ def revoke_subject(
 
 
 def _add(session: Session, item: PendingRevocation) -> PendingRevocation:
-    session.add(Revocation(key=item.key, value=item.value, expires_at=item.expires_at))
+    session.add(
+        Revocation(
+            key=item.key,
+            value=item.value,
+            expires_at=item.expires_at,
+            created_at=int(time.time()),
+        )
+    )
     return item
 
 
@@ -67,7 +84,8 @@ class RevocationPublisher:
     def __init__(self, redis_client: aioredis.Redis, sessions: sessionmaker[Session]) -> None:
         self.redis = redis_client
         self.sessions = sessions
-        self._pushed_up_to = 0  # highest database id known to be in Redis
+        # Revocations written at or after this time may not be in Redis yet.
+        self._pushed_since = 0
 
     async def push(self, items: Iterable[PendingRevocation]) -> bool:
         """Push now (best effort: the periodic sync retries what fails)."""
@@ -81,15 +99,15 @@ class RevocationPublisher:
             return False
         return True
 
-    def _rows_after(self, after_id: int) -> list[tuple[int, PendingRevocation]]:
+    def _rows_since(self, since: int) -> list[PendingRevocation]:
         now = int(time.time())
         with self.sessions() as session:
             rows = session.execute(
-                select(Revocation.id, Revocation.key, Revocation.value, Revocation.expires_at)
-                .where(Revocation.id > after_id, Revocation.expires_at > now)
+                select(Revocation.key, Revocation.value, Revocation.expires_at)
+                .where(Revocation.created_at >= since, Revocation.expires_at > now)
                 .order_by(Revocation.id)
             ).all()
-            return [(r[0], PendingRevocation(r[1], r[2], r[3])) for r in rows]
+            return [PendingRevocation(r[0], r[1], r[2]) for r in rows]
 
     def prune(self) -> int:
         """Delete revocations whose tokens have all expired."""
@@ -105,17 +123,19 @@ class RevocationPublisher:
             full = not await self.redis.exists(SYNC_MARKER)
         except (redis.RedisError, OSError):
             return 0
-        after = 0 if full else self._pushed_up_to
-        rows = await asyncio.to_thread(self._rows_after, after)
+        started = int(time.time())
+        since = 0 if full else self._pushed_since
+        # anyio, not asyncio.to_thread: a cancelled sync waits for its thread, so the
+        # connection is back in the pool before the engine is disposed at shutdown.
+        rows = await anyio.to_thread.run_sync(self._rows_since, since)
         try:
-            await _push_async(self.redis, [item for _, item in rows])
+            await _push_async(self.redis, rows)
             if full:
                 await self.redis.set(SYNC_MARKER, str(int(time.time())))
         except (redis.RedisError, OSError) as exc:
             log.warning("revocation sync failed", extra={"reason": type(exc).__name__})
             return 0
-        if rows:
-            self._pushed_up_to = max(self._pushed_up_to, rows[-1][0])
+        self._pushed_since = max(self._pushed_since, started - SYNC_OVERLAP)
         if full:
             log.info("revocations pushed to redis", extra={"count": len(rows)})
         return len(rows)

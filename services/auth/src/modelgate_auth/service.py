@@ -426,7 +426,9 @@ class AuthService:
         now = int(time.time())
         revocations: list[PendingRevocation] = []
         with self.sessions.begin() as session:
-            row = session.get(RefreshToken, token_hash)
+            # FOR UPDATE: on PostgreSQL concurrent uses of one token wait here and then
+            # see it spent (SQLite's write lock, taken at BEGIN, already serializes them).
+            row = session.get(RefreshToken, token_hash, with_for_update=True)
             if row is None:
                 raise RefreshRejected()
             family = session.get(RefreshFamily, row.family_id)

@@ -1,0 +1,90 @@
+"""The schema comes from the Alembic migrations, on SQLite and PostgreSQL alike:
+they build exactly what the models describe, adopt a database made before Alembic,
+and run again as a no-op (every replica runs them at start)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from modelgate_auth.config import AuthSettings
+from modelgate_auth.db import (
+    Base,
+    create_db_engine,
+    head_revision,
+    schema_revision,
+    upgrade_schema,
+)
+from sqlalchemy import Engine, inspect, text
+from sqlalchemy.schema import CreateIndex, CreateTable
+
+
+@pytest.fixture
+def engine(settings: AuthSettings) -> Engine:
+    engine = create_db_engine(settings.database)
+    yield engine  # type: ignore[misc]
+    engine.dispose()
+
+
+def test_migrations_build_what_the_models_describe(engine: Engine) -> None:
+    assert schema_revision(engine) is None
+    upgrade_schema(engine)
+    assert schema_revision(engine) == head_revision() == "0002"
+    with engine.connect() as conn:
+        differences = compare_metadata(
+            MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata
+        )
+    assert differences == []
+
+
+def test_upgrade_twice_is_a_no_op(engine: Engine) -> None:
+    upgrade_schema(engine)
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO revocations (key, value, expires_at, created_at) "
+                "VALUES ('k', '1', 1, 1)"
+            )
+        )
+    upgrade_schema(engine)
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM revocations")).scalar_one() == 1
+
+
+def test_a_database_made_before_alembic_is_adopted_and_migrated(engine: Engine) -> None:
+    # The schema as the service made it before migrations existed (no created_at).
+    with engine.begin() as conn:
+        for table in Base.metadata.sorted_tables:
+            if table.name == "revocations":
+                conn.execute(
+                    text(
+                        "CREATE TABLE revocations (id INTEGER PRIMARY KEY, "
+                        "key VARCHAR(255) NOT NULL, value VARCHAR(64) NOT NULL, "
+                        "expires_at INTEGER NOT NULL)"
+                    )
+                )
+                continue
+            conn.execute(CreateTable(table))
+            for index in table.indexes:
+                conn.execute(CreateIndex(index))
+        conn.execute(
+            text("INSERT INTO revocations (id, key, value, expires_at) VALUES (1, 'k', '1', 9)")
+        )
+    upgrade_schema(engine)
+    assert schema_revision(engine) == head_revision()
+    columns = {c["name"] for c in inspect(engine).get_columns("revocations")}
+    assert "created_at" in columns
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT created_at FROM revocations")).scalar_one() == 0
+
+
+def test_the_migrations_ship_inside_the_package() -> None:
+    import modelgate_auth
+
+    versions = Path(modelgate_auth.__file__).parent / "migrations" / "versions"
+    assert sorted(p.name for p in versions.glob("*.py")) == [
+        "0001_initial.py",
+        "0002_revocation_created_at.py",
+    ]
