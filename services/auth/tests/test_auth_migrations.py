@@ -4,6 +4,7 @@ and run again as a no-op (every replica runs them at start)."""
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -88,3 +89,16 @@ def test_the_migrations_ship_inside_the_package() -> None:
         "0001_initial.py",
         "0002_revocation_created_at.py",
     ]
+
+
+def test_replicas_starting_together_migrate_once(settings: AuthSettings) -> None:
+    """Four replicas start at once on an empty database: they take turns (advisory lock
+    on PostgreSQL, the write lock on SQLite) and every one of them succeeds."""
+    engines = [create_db_engine(settings.database) for _ in range(4)]
+    try:
+        with ThreadPoolExecutor(len(engines)) as pool:
+            list(pool.map(upgrade_schema, engines))
+        assert {schema_revision(e) for e in engines} == {head_revision()}
+    finally:
+        for e in engines:
+            e.dispose()
