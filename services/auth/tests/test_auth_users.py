@@ -402,3 +402,32 @@ def test_current_password_guesses_count_as_failed_sign_ins(tmp_path: Path, redis
         # A full-name change needs no password and is not throttled.
         named = client.patch("/auth/users/me", json={"full_name": "Alice"}, headers=headers)
         assert named.status_code == 200
+
+
+def test_two_admins_demoted_at_once_leave_one(
+    client: TestClient, make_user: Any, settings: AuthSettings
+) -> None:
+    """Two concurrent demotions of the two active admins: exactly one succeeds
+    (PostgreSQL needs the admin rows locked; SQLite's write lock serializes anyway)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from modelgate_auth.schemas import UserUpdate
+    from modelgate_common import ServiceError
+
+    make_user("bob", role="admin")
+    service = client.app.state.auth_service  # type: ignore[attr-defined]
+
+    def demote(name: str) -> str:
+        try:
+            service.update_user(name, UserUpdate(role="user"), actor="test")
+        except ServiceError:
+            return "refused"
+        return "done"
+
+    for _ in range(3):
+        with ThreadPoolExecutor(2) as pool:
+            outcomes = sorted(pool.map(demote, ["admin", "bob"]))
+        assert outcomes == ["done", "refused"]
+        # Put the demoted one back for the next round.
+        demoted = next(u for u in ("admin", "bob") if service.get_user(u).role == "user")
+        service.update_user(demoted, UserUpdate(role="admin"), actor="test")

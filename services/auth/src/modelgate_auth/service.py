@@ -140,13 +140,15 @@ class AuthService:
         return user
 
     def _active_admins(self, session: Session) -> int:
-        return int(
-            session.scalar(
-                select(func.count())
-                .select_from(User)
+        # The rows, locked (FOR UPDATE; SQLite's write lock already serializes): on
+        # PostgreSQL two concurrent demotions of two admins would otherwise both see
+        # two admins and leave none.
+        return len(
+            session.scalars(
+                select(User.id)
                 .where(User.role == "admin", User.disabled.is_(False))
-            )
-            or 0
+                .with_for_update()
+            ).all()
         )
 
     def _issue(
