@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import ssl
 import subprocess
 import threading
@@ -73,6 +74,16 @@ class Background:
             return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return ""
+
+
+def require_free(*ports: int) -> None:
+    """Refuse to start a target on a port something else already answers on: the
+    benchmark would measure that other server."""
+    for port in ports:
+        with socket.socket() as sock:
+            sock.settimeout(0.5)
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                raise BenchError(f"port {port} is already in use; stop what listens there")
 
 
 def wait_http(

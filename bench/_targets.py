@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from _procs import Background, BenchError, wait_http
+from _procs import Background, BenchError, require_free, wait_http
 from _wrk import Load
 
 BENCH = Path(__file__).resolve().parent
@@ -85,6 +85,7 @@ def _env(**extra: str) -> dict[str, str]:
 def seed(s: Settings) -> Iterator[Target]:
     """The tutorial's app: one uvicorn process, plain HTTP."""
     port = s.seed_port
+    require_free(port)
     server = Background(
         "seed",
         [
@@ -158,6 +159,7 @@ def mlserver(s: Settings, *, adaptive: bool) -> Iterator[Target]:
     (home / s.model).mkdir(parents=True)
     source = _mlserver_model(s, home / s.model / "model.joblib")
     port = s.mlserver_port
+    require_free(port, port + 1, port + 2)
     settings = {"host": "127.0.0.1", "http_port": port, "grpc_port": port + 1}
     settings["metrics_port"] = port + 2
     (home / "settings.json").write_text(json.dumps(settings, indent=2))
@@ -237,6 +239,7 @@ def ceiling(s: Settings) -> Iterator[Target]:
     shutil.rmtree(var / "nginx", ignore_errors=True)
     (var / "log").mkdir(parents=True, exist_ok=True)
     port = s.ceiling_port
+    require_free(port, s.https_port)
     env = _env(
         **profile_env(),
         MG_VAR_DIR=str(var),
