@@ -22,62 +22,11 @@ TEST_VAR_DIR="$WORK/var"
 export MG_TEST_LOG_DIR="$TEST_VAR_DIR/log"
 # Not the defaults of compose.yaml, so a `docker compose up` of one's own may run beside it.
 export MG_INTERNAL_NET="${MG_TEST_INTERNAL_NET:-172.31.252}"
-STANDIN_DEBIAN=modelgate-standin/debian:bookworm-slim
-STANDIN_PYTHON=modelgate-standin/python:3.11-slim-bookworm
-OFFICIAL_DEBIAN=debian:bookworm-slim
-OFFICIAL_PYTHON=python:3.11-slim-bookworm
+TIER=compose
+# shellcheck source=deploy/docker-lib.sh
+. deploy/docker-lib.sh
 
-started=$SECONDS
-phase_start=$SECONDS
-phase() {
-    printf '== compose: %s (%ss)\n' "$1" "$((SECONDS - phase_start))"
-    phase_start=$SECONDS
-}
-say() { printf '   %s\n' "$*"; }
-die() { printf 'test-compose: %s\n' "$*" >&2; exit 1; }
-is_root() { [[ $(id -u) == 0 ]]; }
-
-apt_install() {
-    is_root && command -v apt-get >/dev/null || die "missing: $* (as root: apt-get install $*)"
-    say "installing $* (apt)"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
-}
-
-# --- Docker engine and compose -------------------------------------------------------------
-need=()
-command -v docker >/dev/null || need+=(docker.io)
-if ! docker compose version >/dev/null 2>&1 && ! command -v docker-compose >/dev/null; then
-    need+=(docker-compose)
-fi
-((${#need[@]} == 0)) || apt_install "${need[@]}"
-if docker compose version >/dev/null 2>&1; then
-    COMPOSE=(docker compose)
-else
-    COMPOSE=(docker-compose)
-    # docker-compose 1.x builds through the Docker API (the classic builder), which also
-    # finds the local stand-in base images.
-    export DOCKER_BUILDKIT=0 COMPOSE_DOCKER_CLI_BUILD=0
-fi
-
-DOCKERD_PID=""
-stop_dockerd() {
-    [[ -n $DOCKERD_PID ]] || return 0
-    kill -TERM "$DOCKERD_PID" 2>/dev/null || true
-    for _ in $(seq 1 300); do kill -0 "$DOCKERD_PID" 2>/dev/null || break; sleep 0.1; done
-    say "stopped the dockerd this run started"
-}
-if ! docker info >/dev/null 2>&1; then
-    command -v dockerd >/dev/null || apt_install docker.io
-    is_root || die "no Docker daemon answers; start one (or run as root to have it started)"
-    say "starting dockerd (log: $WORK/dockerd.log)"
-    dockerd >"$WORK/dockerd.log" 2>&1 &
-    DOCKERD_PID=$!
-    for _ in $(seq 1 300); do docker info >/dev/null 2>&1 && break; sleep 0.2; done
-    docker info >/dev/null 2>&1 || { stop_dockerd; die "dockerd did not start; see $WORK/dockerd.log"; }
-fi
-
-compose() { "${COMPOSE[@]}" "$@"; }
+docker_ready
 teardown() {
     local status=$?
     if ((status != 0)) && [[ -n ${COMPOSE_UP:-} ]]; then
@@ -96,44 +45,9 @@ trap teardown EXIT
 trap 'exit 130' INT TERM
 phase "Docker ready ($("${COMPOSE[@]}" version --short 2>/dev/null || "${COMPOSE[@]}" version | head -1))"
 
-# --- base images ---------------------------------------------------------------------------
-have_image() { docker image inspect "$1" >/dev/null 2>&1; }
-reachable() { have_image "$1" || timeout 180 docker pull -q "$1" >/dev/null 2>&1; }
-if [[ -z ${MG_PYTHON_IMAGE:-}${MG_DEBIAN_IMAGE:-} ]] &&
-    ! { reachable "$OFFICIAL_PYTHON" && reachable "$OFFICIAL_DEBIAN"; }; then
-    say "no image registry reachable: stand-in base images from Debian packages"
-    if ! have_image "$STANDIN_DEBIAN"; then
-        command -v debootstrap >/dev/null || apt_install debootstrap
-        rootfs=$(mktemp -d /var/tmp/modelgate-rootfs.XXXXXX)
-        debootstrap --variant=minbase bookworm "$rootfs" >"$WORK/debootstrap.log" 2>&1 ||
-            die "debootstrap failed; see $WORK/debootstrap.log"
-        cat >"$rootfs/etc/apt/sources.list" <<'EOF'
-deb http://deb.debian.org/debian bookworm main
-deb http://deb.debian.org/debian bookworm-updates main
-deb http://deb.debian.org/debian-security bookworm-security main
-EOF
-        rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
-        tar -C "$rootfs" -c . | docker import - "$STANDIN_DEBIAN" >/dev/null
-        rm -rf "$rootfs"
-        say "imported $STANDIN_DEBIAN"
-    fi
-    docker build -q -t "$STANDIN_PYTHON" --build-arg "DEBIAN_IMAGE=$STANDIN_DEBIAN" \
-        -f deploy/compose/python-standin.Dockerfile deploy/compose >"$WORK/standin.log" 2>&1 ||
-        { cat "$WORK/standin.log" >&2; die "the Python stand-in image did not build"; }
-    export MG_DEBIAN_IMAGE="$STANDIN_DEBIAN" MG_PYTHON_IMAGE="$STANDIN_PYTHON"
-fi
-phase "base images: ${MG_PYTHON_IMAGE:-$OFFICIAL_PYTHON}, ${MG_DEBIAN_IMAGE:-$OFFICIAL_DEBIAN}"
-
-# --- wheels from the hashed lock, fetched on the host ---------------------------------------
-lock_sum=$(sha256sum requirements.txt | cut -d' ' -f1)
-if [[ $(cat build/wheels/.lock-sha256 2>/dev/null) != "$lock_sum" ]]; then
-    rm -rf build/wheels
-    mkdir -p build/wheels
-    "$MG_VENV/bin/pip" download -q --disable-pip-version-check --require-hashes \
-        --only-binary=:all: -r requirements.txt -d build/wheels >"$WORK/wheels.log" 2>&1 ||
-        { grep -v '^WARNING: Location' "$WORK/wheels.log" >&2; die "wheel download failed"; }
-    echo "$lock_sum" >build/wheels/.lock-sha256
-fi
+base_images
+phase "$(base_images_said)"
+fetch_wheels
 phase "wheels: $(find build/wheels -name '*.whl' | wc -l) in build/wheels"
 
 # --- the same first-run command as the native stack ------------------------------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from modelgate_common import CommonSettings
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -18,6 +18,11 @@ class AuthSettings(BaseSettings):
         default=None,
         description="SQLAlchemy URL of the user database; default a SQLite file "
         "var_dir/data/users.db",
+    )
+    database_url_file: Path | None = Field(
+        default=None,
+        description="file holding the database URL instead (an orchestrator secret: the URL "
+        "carries the password); not together with database_url",
     )
     access_token_ttl: int = Field(
         default=900, ge=60, le=86_400, description="access token life, seconds"
@@ -58,8 +63,19 @@ class AuthSettings(BaseSettings):
         "restart or outage, and for revocations made by the CLI)",
     )
 
+    @model_validator(mode="after")
+    def _one_database_setting(self) -> AuthSettings:
+        if self.database_url and self.database_url_file:
+            raise ValueError("set MG_AUTH_DATABASE_URL or MG_AUTH_DATABASE_URL_FILE, not both")
+        return self
+
     @property
     def database(self) -> str:
+        if self.database_url_file:
+            url = self.database_url_file.read_text(encoding="utf-8").strip()
+            if not url:
+                raise ValueError(f"{self.database_url_file} (MG_AUTH_DATABASE_URL_FILE) is empty")
+            return url
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.common.var_dir / 'data' / 'users.db').resolve()}"
