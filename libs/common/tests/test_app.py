@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -9,7 +10,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
-from fastapi import APIRouter, FastAPI, Security
+from fastapi import APIRouter, FastAPI, Request, Security
 from fastapi.testclient import TestClient
 from modelgate_common import (
     CheckResult,
@@ -23,6 +24,7 @@ from modelgate_common import (
 )
 from modelgate_common._logging import JsonFormatter
 from modelgate_common.testing import TokenFactory
+from prometheus_client import REGISTRY
 from pydantic import BaseModel, ConfigDict
 
 
@@ -38,6 +40,10 @@ def build(settings: CommonSettings, factory: TokenFactory | None = None) -> Fast
     @router.post("/echo")
     async def echo(body: Body) -> dict[str, int]:
         return {"count": body.count}
+
+    @router.post("/raw")
+    async def raw(request: Request) -> dict[str, int]:
+        return {"bytes": len(await request.body())}
 
     @router.get("/thing")
     async def get_thing() -> dict[str, str]:
@@ -231,3 +237,53 @@ def test_a_log_record_stays_one_line_whatever_a_client_sends() -> None:
     line = JsonFormatter("t").format(record)
     assert line.splitlines() == [line]
     assert json.loads(line)["path"] == path
+
+
+def _hang_up_while_the_body_is_read(app: FastAPI, path: str) -> list[int]:
+    """Send half a body, then ``http.disconnect`` (what uvicorn tells the app when wrk
+    or nginx drops the connection); the statuses the app tried to send."""
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+        "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"",
+        "root_path": "", "client": ("127.0.0.1", 5000), "server": ("127.0.0.1", 80),
+        "headers": [(b"content-type", b"application/json"), (b"content-length", b"40")],
+    }  # fmt: skip
+    messages = iter(
+        [{"type": "http.request", "body": b'{"password": "x",', "more_body": True}]
+        + [{"type": "http.disconnect"}] * 10
+    )
+    statuses: list[int] = []
+
+    async def receive() -> dict[str, object]:
+        return next(messages)
+
+    async def send(message: dict[str, object]) -> None:
+        if message["type"] == "http.response.start":
+            statuses.append(int(message["status"]))  # type: ignore[call-overload]
+
+    asyncio.run(app(scope, receive, send))  # raises if the exception escaped the app
+    return statuses
+
+
+@pytest.mark.parametrize("path", ["/raw", "/echo"])
+def test_client_hanging_up_mid_body_is_no_error(
+    factory: TokenFactory, caplog: pytest.LogCaptureFixture, path: str
+) -> None:
+    """No traceback, no error line, no 500 in the metrics: a 499 in the access line.
+    ``/raw`` reads the body itself; ``/echo`` lets FastAPI read it (which turns the
+    hang-up into a 400 of its own)."""
+    app = build(factory.settings(max_body_bytes=1000))
+
+    def count(status: str) -> float:
+        labels = {"service": "service", "route": path, "method": "POST", "status": status}
+        return REGISTRY.get_sample_value("modelgate_http_requests_total", labels) or 0.0
+
+    before = {status: count(status) for status in ("499", "500", "400")}
+    with caplog.at_level(logging.DEBUG):
+        statuses = _hang_up_while_the_body_is_read(app, path)
+    assert statuses == [499]
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+    assert not any(r.exc_info for r in caplog.records)
+    assert [r.status for r in caplog.records if r.name == "modelgate.access"] == [499]  # type: ignore[attr-defined]
+    assert count("499") == before["499"] + 1
+    assert (count("500"), count("400")) == (before["500"], before["400"])

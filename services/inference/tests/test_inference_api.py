@@ -4,6 +4,7 @@ scopes, audit lines, and readiness with a refused model."""
 from __future__ import annotations
 
 import json
+import logging
 import pickle
 import shutil
 from collections.abc import Callable
@@ -18,6 +19,7 @@ import pytest
 from inference_testdata import IRIS_FEATURES, IRIS_SAMPLES, Audit, Serve
 from modelgate_inference.config import InferenceSettings
 from modelgate_inference.main import create_app
+from prometheus_client import REGISTRY
 
 pytestmark = pytest.mark.anyio
 
@@ -433,3 +435,59 @@ async def test_no_public_key_refuses_everything_and_readiness_fails(
         assert r.status_code == 503
         r = await c.post("/predict", json=IRIS_SAMPLES[0][0], headers=auth())
         assert r.status_code == 404
+
+
+@pytest.mark.parametrize("path", ["/v1/models/iris/predict", "/v2/models/iris/infer", "/predict"])
+async def test_client_hanging_up_mid_body_is_no_error(
+    make_settings: Callable[..., InferenceSettings],
+    auth: Auth,
+    caplog: pytest.LogCaptureFixture,
+    path: str,
+) -> None:
+    """wrk or nginx dropping a connection while the body is read: no traceback, no
+    error line, no 500 in the metrics, no prediction; one access line with 499."""
+    app = create_app(make_settings())
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+        "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"",
+        "root_path": "", "client": ("127.0.0.1", 5000), "server": ("127.0.0.1", 80),
+        "headers": [
+            (b"content-type", b"application/json"),
+            (b"content-length", b"100"),
+            *((k.lower().encode(), v.encode()) for k, v in auth().items()),
+        ],
+    }  # fmt: skip
+    messages = iter(
+        [{"type": "http.request", "body": b'{"instances": [', "more_body": True}]
+        + [{"type": "http.disconnect"}] * 10
+    )
+    statuses: list[int] = []
+
+    async def receive() -> dict[str, Any]:
+        return next(messages)
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            statuses.append(message["status"])
+
+    def count(status: str) -> float:
+        labels = {"method": "POST", "status": status}
+        return sum(
+            sample.value
+            for metric in REGISTRY.collect()
+            if metric.name == "modelgate_http_requests"
+            for sample in metric.samples
+            if sample.name.endswith("_total")
+            and labels.items() <= sample.labels.items()
+            and sample.labels["route"].endswith(path.rsplit("/", 1)[1])
+        )
+
+    before = (count("499"), count("500"))
+    async with app.router.lifespan_context(app):
+        with caplog.at_level(logging.DEBUG):
+            await app(scope, receive, send)  # raises if the exception escaped the app
+    assert statuses == [499]
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+    assert not any(r.exc_info for r in caplog.records)
+    assert (count("499"), count("500")) == (before[0] + 1, before[1])
+    assert not any(getattr(r, "audit", None) == "prediction" for r in caplog.records)

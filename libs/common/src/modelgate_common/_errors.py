@@ -1,7 +1,10 @@
 """One error base and the handlers that render every failure as JSON.
 
 No handler reveals a stack trace, a library name or a version; unexpected
-exceptions are logged with their traceback and answered with a bare 500.
+exceptions are logged with their traceback and answered with a bare 500. A client
+that hangs up while its body is read is not an error of ours: no traceback, one
+debug line, and status 499 (nginx's "client closed request") in the access line
+and metrics, never a 500.
 """
 
 from __future__ import annotations
@@ -13,12 +16,15 @@ import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 from starlette.routing import Match
 
 log = logging.getLogger("modelgate.errors")
 
 BEARER_CHALLENGE = 'Bearer realm="modelgate"'
+# nginx's code for "client closed request": what the access line and metrics record.
+CLIENT_CLOSED_REQUEST = 499
 
 
 class JsonResponse(Response):
@@ -153,8 +159,17 @@ def _allowed_methods(request: Request) -> str | None:
     return ", ".join(allowed) or None
 
 
-async def _http_error(request: Request, exc: Exception) -> JsonResponse:
+async def _client_disconnected(request: Request, exc: Exception) -> Response:
+    """The client hung up before its body was read: nobody reads this answer."""
+    log.debug("client disconnected before the request was read", extra={"path": request.url.path})
+    return Response(status_code=CLIENT_CLOSED_REQUEST)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
+    if isinstance(exc.__cause__, ClientDisconnect):
+        # FastAPI reads a declared body itself and turns the hang-up into a 400.
+        return await _client_disconnected(request, exc.__cause__)
     if exc.status_code == 400 and isinstance(exc.__cause__, UnicodeDecodeError):
         # FastAPI answers a JSON body that is not UTF-8 with a bare 400, though any
         # other body that is not JSON is a 422 json_invalid: one answer for both.
@@ -178,4 +193,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ServiceError, _service_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(ClientDisconnect, _client_disconnected)
     app.add_exception_handler(Exception, _unexpected_error)

@@ -81,8 +81,8 @@ def _add_protocol_error_field(app: FastAPI) -> None:
             request: Request, exc: Exception, original: Handler = original
         ) -> Response:
             response = await original(request, exc)
-            if not request.url.path.startswith("/v2"):
-                return response
+            if not request.url.path.startswith("/v2") or not response.body:
+                return response  # (no body: the client hung up, nobody reads it)
             body: dict[str, Any] = orjson.loads(bytes(response.body))
             body["error"] = _error_text(body.get("detail"))
             headers = {
