@@ -59,7 +59,7 @@ from ._health import CheckResult
 from ._logging import audit
 from ._metrics import RATE_LIMIT_FALLBACK, RATE_LIMITED, service_name
 from ._redis import CircuitBreaker
-from ._security import Principal, authenticate
+from ._security import Principal, TokenVerifier, authenticate, count_auth_failure
 from ._settings import RateLimitSettings
 
 log = logging.getLogger("modelgate.ratelimit")
@@ -138,42 +138,78 @@ class Verdict:
 # {allowed, previous count, previous pttl, current count, current pttl}. The window
 # shift runs first in every case (limits' sliding_window.lua does it on the read that
 # followed the acquire), so a cost above the limit reads the same window as before.
-_SLIDING_HIT = """
-local limit = tonumber(ARGV[1])
-local expiry = tonumber(ARGV[2]) * 1000
-local amount = tonumber(ARGV[3])
+_SLIDING_FUNCTION = """
+local function sliding(previous_key, current_key, limit, expiry, amount)
+    local current_ttl = tonumber(redis.call('pttl', current_key))
+    if current_ttl > 0 and current_ttl < expiry then
+        redis.call('rename', current_key, previous_key)
+        redis.call('set', current_key, 0, 'PX', current_ttl + expiry)
+    end
 
-local current_ttl = tonumber(redis.call('pttl', KEYS[2]))
-if current_ttl > 0 and current_ttl < expiry then
-    redis.call('rename', KEYS[2], KEYS[1])
-    redis.call('set', KEYS[2], 0, 'PX', current_ttl + expiry)
-end
+    local previous_count = tonumber(redis.call('get', previous_key)) or 0
+    local previous_ttl = tonumber(redis.call('pttl', previous_key)) or 0
+    local current_count = tonumber(redis.call('get', current_key)) or 0
+    current_ttl = tonumber(redis.call('pttl', current_key)) or 0
+    if previous_ttl <= 0 then
+        previous_ttl = 0
+    end
+    if current_ttl <= 0 then
+        current_ttl = 0
+    end
+    local weighted_count = math.floor(previous_count * previous_ttl / expiry) + current_count
 
-local previous_count = tonumber(redis.call('get', KEYS[1])) or 0
-local previous_ttl = tonumber(redis.call('pttl', KEYS[1])) or 0
-local current_count = tonumber(redis.call('get', KEYS[2])) or 0
-current_ttl = tonumber(redis.call('pttl', KEYS[2])) or 0
-if previous_ttl <= 0 then
-    previous_ttl = 0
+    if amount > limit or (weighted_count + amount) > limit then
+        return {0, previous_count, previous_ttl, current_count, current_ttl}
+    end
+    if redis.call('exists', current_key) == 1 then
+        current_count = redis.call('incrby', current_key, amount)
+        current_ttl = tonumber(redis.call('pttl', current_key))
+    else
+        redis.call('set', current_key, amount, 'PX', expiry * 2)
+        current_count = amount
+        current_ttl = expiry * 2
+    end
+    return {1, previous_count, previous_ttl, current_count, current_ttl}
 end
-if current_ttl <= 0 then
-    current_ttl = 0
-end
-local weighted_count = math.floor(previous_count * previous_ttl / expiry) + current_count
-
-if amount > limit or (weighted_count + amount) > limit then
-    return {0, previous_count, previous_ttl, current_count, current_ttl}
-end
-if redis.call('exists', KEYS[2]) == 1 then
-    current_count = redis.call('incrby', KEYS[2], amount)
-    current_ttl = tonumber(redis.call('pttl', KEYS[2]))
-else
-    redis.call('set', KEYS[2], amount, 'PX', expiry * 2)
-    current_count = amount
-    current_ttl = expiry * 2
-end
-return {1, previous_count, previous_ttl, current_count, current_ttl}
 """
+# KEYS: previous, current window. ARGV: limit, expiry (s), cost.
+_SLIDING_HIT = (
+    _SLIDING_FUNCTION
+    + """
+return sliding(KEYS[1], KEYS[2], tonumber(ARGV[1]), tonumber(ARGV[2]) * 1000, tonumber(ARGV[3]))
+"""
+)
+# A prediction in one round trip. KEYS: the request window (previous, current), the
+# rows window (previous, current) and, when given, the token's revocation keys (token
+# id, subject). ARGV: request limit, request expiry (s), rows limit, rows expiry (s),
+# rows (0: charge the request alone), the token's iat. Returns {-1} for a revoked token
+# (nothing charged), else the request window's reply, followed by the rows window's
+# when the request was allowed and rows > 0 (a refused request charges no rows; a
+# refused batch still spends its request, as when the two were separate calls).
+_PREDICTION = (
+    _SLIDING_FUNCTION
+    + """
+if #KEYS == 6 then
+    if redis.call('exists', KEYS[5]) == 1 then
+        return {-1}
+    end
+    local revoked_at = redis.call('get', KEYS[6])
+    if revoked_at and tonumber(ARGV[6]) <= tonumber(revoked_at) then
+        return {-1}
+    end
+end
+local request = sliding(KEYS[1], KEYS[2], tonumber(ARGV[1]), tonumber(ARGV[2]) * 1000, 1)
+local rows = tonumber(ARGV[5])
+if request[1] == 0 or rows == 0 then
+    return request
+end
+local quota = sliding(KEYS[3], KEYS[4], tonumber(ARGV[3]), tonumber(ARGV[4]) * 1000, rows)
+for _, value in ipairs(quota) do
+    table.insert(request, value)
+end
+return request
+"""
+)
 _KEY_PREFIX = "mg:rl"
 
 
@@ -236,7 +272,9 @@ class SharedRateLimiter:
             )
         )
         # EVALSHA, loading the script on NOSCRIPT (a restarted Redis forgets it).
-        self._sliding_hit = aioredis.Redis(connection_pool=self._pool).register_script(_SLIDING_HIT)
+        client = aioredis.Redis(connection_pool=self._pool)
+        self._sliding_hit = client.register_script(_SLIDING_HIT)
+        self._prediction = client.register_script(_PREDICTION)
         self._local = _Counters(MemoryStorage())
         self.breaker = CircuitBreaker(settings.breaker_seconds)
         self._items: dict[tuple[Policy, str | None], RateLimitItem] = {}
@@ -274,20 +312,26 @@ class SharedRateLimiter:
                 async with asyncio.timeout(self._budget):
                     verdict = await op(self._shared)
             except Exception as exc:  # any storage failure: apply the outage policy
-                if self.breaker.trip():
-                    _fallback_gauge(True)
-                    log.warning(
-                        "rate-limit store unreachable: counting per worker, login refused",
-                        extra={"reason": type(exc).__name__, "retry_in_s": self.breaker.cooldown},
-                    )
+                self._store_failed(exc)
             else:
-                if self.breaker.close():
-                    _fallback_gauge(False)
-                    log.info("rate-limit store reachable again: shared counting resumed")
+                self._store_answered()
                 return verdict
         if not fallback:
             raise _StoreDown
         return await op(self._local)
+
+    def _store_failed(self, exc: Exception) -> None:
+        if self.breaker.trip():
+            _fallback_gauge(True)
+            log.warning(
+                "rate-limit store unreachable: counting per worker, login refused",
+                extra={"reason": type(exc).__name__, "retry_in_s": self.breaker.cooldown},
+            )
+
+    def _store_answered(self) -> None:
+        if self.breaker.close():
+            _fallback_gauge(False)
+            log.info("rate-limit store reachable again: shared counting resumed")
 
     async def hit(
         self, policy: Policy, identity: str, role: str | None = None, cost: int = 1
@@ -310,9 +354,7 @@ class SharedRateLimiter:
         expiry = item.get_expiry()
         keys = _sliding_keys(item.key_for(policy, identity))
         reply = await self._sliding_hit(keys=keys, args=[item.amount, expiry, cost])
-        allowed, previous, previous_ttl, current, current_ttl = (int(v) for v in reply)
-        window = (previous, max(0, previous_ttl) / 1000, current, max(0, current_ttl) / 1000)
-        return _sliding_verdict(item, cost, bool(allowed), window, shared=True)
+        return _sliding_reply(item, cost, [int(v) for v in reply])
 
     async def test(self, policy: Policy, identity: str, role: str | None = None) -> Verdict:
         """Would one more request fit? Consumes nothing."""
@@ -357,25 +399,72 @@ class SharedRateLimiter:
 
     async def check_subject(self, policy: SubjectPolicy, principal: Principal) -> Verdict:
         verdict = await self.hit(policy, principal.subject, principal.role)
-        if not verdict.allowed:
-            _refused(policy)
-            raise verdict.refusal("rate limit exceeded; retry later")
-        _tell_client(verdict.headers())
+        _enforce_subject(policy, verdict)
         return verdict
 
     async def charge_rows(self, principal: Principal, rows: int) -> Verdict:
         verdict = await self.hit("predict_rows", principal.subject, principal.role, cost=rows)
-        if not verdict.allowed:
-            _refused("predict_rows")
-            error = TooManyRequests(
-                verdict.retry_after,
-                f"daily prediction quota exceeded: {verdict.remaining} of {verdict.limit} "
-                "rows left",
-            )
-            error.headers.update(_quota_headers(verdict))
-            raise error
-        _tell_client(_quota_headers(verdict))
+        _enforce_rows(verdict)
         return verdict
+
+    async def check_prediction(
+        self, principal: Principal, rows: int, verifier: TokenVerifier | None
+    ) -> None:
+        """A prediction's checks in ONE Redis round trip: the token's revocation (when
+        ``verifier`` is given), one request of the subject's ``predict`` budget and, when
+        ``rows`` > 0, its daily rows. The same answers, counts and outage policies as
+        ``check_revocation``, ``check_subject`` and ``charge_rows`` one after the other,
+        which is what runs while either breaker is open or after the script failed."""
+        try:
+            keys = verifier.revocation_keys(principal) if verifier is not None else None
+            if self.breaker.open:
+                if keys is not None:
+                    await verifier.check_revocation(principal)  # type: ignore[union-attr]
+                await self._check_prediction_apart(principal, rows)
+                return
+            request_item = self.item("predict", principal.role)
+            rows_item = self.item("predict_rows", principal.role)
+            script_keys = [
+                *_sliding_keys(request_item.key_for("predict", principal.subject)),
+                *_sliding_keys(rows_item.key_for("predict_rows", principal.subject)),
+                *(keys or ()),
+            ]
+            args = [
+                request_item.amount,
+                request_item.get_expiry(),
+                rows_item.amount,
+                rows_item.get_expiry(),
+                rows,
+                principal.issued_at,
+            ]
+            try:
+                async with asyncio.timeout(self._budget):
+                    reply = await self._prediction(keys=script_keys, args=args)
+            except Exception as exc:  # any storage failure: both outage policies
+                self._store_failed(exc)
+                if keys is not None:
+                    verifier.revocation_failed(exc)  # type: ignore[union-attr]
+                await self._check_prediction_apart(principal, rows)
+                return
+        except Unauthorized as exc:
+            count_auth_failure(exc)
+            raise
+        self._store_answered()
+        if keys is not None:
+            verifier.revocation_answered()  # type: ignore[union-attr]
+        values = [int(v) for v in reply]
+        if values[0] == -1:
+            revoked = Unauthorized("token has been revoked")
+            count_auth_failure(revoked)
+            raise revoked
+        _enforce_subject("predict", _sliding_reply(request_item, 1, values[:5]))
+        if rows:
+            _enforce_rows(_sliding_reply(rows_item, rows, values[5:]))
+
+    async def _check_prediction_apart(self, principal: Principal, rows: int) -> None:
+        await self.check_subject("predict", principal)
+        if rows:
+            await self.charge_rows(principal, rows)
 
     def _retry_after(self) -> int:
         return max(1, math.ceil(self.breaker.retry_in))
@@ -490,6 +579,33 @@ def _sliding_window_times(
     return remaining, window_end, max(0.0, window_end) + max(0.0, after_shift)
 
 
+def _sliding_reply(item: RateLimitItem, cost: int, reply: list[int]) -> Verdict:
+    """The verdict from a sliding-window script's {allowed, previous count, previous
+    pttl, current count, current pttl}."""
+    allowed, previous, previous_ttl, current, current_ttl = reply
+    window = (previous, max(0, previous_ttl) / 1000, current, max(0, current_ttl) / 1000)
+    return _sliding_verdict(item, cost, bool(allowed), window, shared=True)
+
+
+def _enforce_subject(policy: SubjectPolicy, verdict: Verdict) -> None:
+    if not verdict.allowed:
+        _refused(policy)
+        raise verdict.refusal("rate limit exceeded; retry later")
+    _tell_client(verdict.headers())
+
+
+def _enforce_rows(verdict: Verdict) -> None:
+    if not verdict.allowed:
+        _refused("predict_rows")
+        error = TooManyRequests(
+            verdict.retry_after,
+            f"daily prediction quota exceeded: {verdict.remaining} of {verdict.limit} rows left",
+        )
+        error.headers.update(_quota_headers(verdict))
+        raise error
+    _tell_client(_quota_headers(verdict))
+
+
 def _quota_headers(verdict: Verdict) -> dict[str, str]:
     return {
         "X-Quota-Rows-Limit": str(verdict.limit),
@@ -555,20 +671,28 @@ def rate_limit(
 
 
 class PredictionLimits:
-    """The per-subject predict limit and daily rows quota, in the shape of the inference
-    service's ``PredictionGate`` seam (``check_request`` once the token is verified,
-    ``check_rows`` once the batch size is known)."""
+    """The per-subject predict limit, daily rows quota and the token's revocation lookup,
+    in the shape of the inference service's ``PredictionGate`` seam, in ONE Redis round
+    trip per prediction: ``check_request`` (token verified but for revocation, body not
+    read) defers to ``check_rows`` (batch validated, model not run) or, when the request
+    fails before that, ``check_unfinished``; their 401 or 429 replaces the failure, so
+    answers are those of the checks made first."""
+
+    checks_revocation = True
 
     def __init__(self, app: FastAPI) -> None:
-        self.app = app  # the limiter itself is created by the lifespan
+        self.app = app  # the limiter and verifier themselves are created by the lifespan
 
     async def check_request(self, principal: Principal, endpoint: str) -> None:
-        limiter: SharedRateLimiter = self.app.state.ratelimiter
-        await limiter.check_subject("predict", principal)
+        return None
 
     async def check_rows(self, principal: Principal, rows: int) -> None:
         limiter: SharedRateLimiter = self.app.state.ratelimiter
-        await limiter.charge_rows(principal, rows)
+        await limiter.check_prediction(principal, rows, self.app.state.verifier)
+
+    async def check_unfinished(self, principal: Principal) -> None:
+        limiter: SharedRateLimiter = self.app.state.ratelimiter
+        await limiter.check_prediction(principal, 0, self.app.state.verifier)
 
 
 class RateLimitHeadersMiddleware:

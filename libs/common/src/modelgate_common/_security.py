@@ -180,7 +180,10 @@ class TokenVerifier:
             raise Unauthorized("token is invalid or expired") from None
         return _principal_from_claims(claims), kid
 
-    async def verify(self, token: str) -> Principal:
+    async def verify(self, token: str, *, check_revocation: bool = True) -> Principal:
+        """The token's principal. ``check_revocation=False`` leaves the revocation
+        lookup to the caller, who must make it before acting on the request (the
+        predict routes make it in the same Redis round trip as their rate limits)."""
         cached = self._verified.get(token)
         if cached is None:
             principal, kid = self._decode(token)
@@ -195,30 +198,49 @@ class TokenVerifier:
         if principal.expires_at + self.settings.jwt_leeway < time.time():
             self._verified.pop(token, None)
             raise Unauthorized("token is invalid or expired")
-        await self._check_revocation(principal)
+        if check_revocation:
+            await self.check_revocation(principal)
         return principal
 
-    async def _check_revocation(self, principal: Principal) -> None:
-        if self.redis is None:
-            return
-        if self._breaker.open:  # Redis failed moments ago: do not wait on it again
-            self._revocation_unavailable()
+    async def check_revocation(self, principal: Principal) -> None:
+        """Raises ``Unauthorized`` when the token is revoked (or, fail-closed, when
+        Redis cannot be asked)."""
+        keys = self.revocation_keys(principal)
+        if keys is None:
             return
         try:
-            jti_revoked, subject_revoked_at = await self.redis.mget(
-                revoked_jti_key(principal.token_id), revoked_subject_key(principal.subject)
-            )
+            jti_revoked, subject_revoked_at = await self.redis.mget(*keys)  # type: ignore[union-attr]
         except Exception as exc:  # Redis down: apply the configured policy
-            if self._breaker.trip():
-                log.warning("revocation store unreachable", extra={"reason": type(exc).__name__})
-            self._revocation_unavailable()
+            self.revocation_failed(exc)
             return
-        self._breaker.close()
-        self.revocation_degraded = False
+        self.revocation_answered()
         if jti_revoked is not None:
             raise Unauthorized("token has been revoked")
         if subject_revoked_at is not None and principal.issued_at <= int(subject_revoked_at):
             raise Unauthorized("token has been revoked")
+
+    # The parts of the check, for a caller that asks Redis itself (``check_revocation``
+    # above; the predict rate limits' script, ``modelgate_common._ratelimit``).
+    def revocation_keys(self, principal: Principal) -> tuple[str, str] | None:
+        """The token id's and the subject's revocation keys, or None when the lookup is
+        skipped: no revocation store, or Redis failed moments ago (the breaker is open;
+        the outage policy is applied then, which may raise ``Unauthorized``)."""
+        if self.redis is None:
+            return None
+        if self._breaker.open:  # Redis failed moments ago: do not wait on it again
+            self._revocation_unavailable()
+            return None
+        return revoked_jti_key(principal.token_id), revoked_subject_key(principal.subject)
+
+    def revocation_answered(self) -> None:
+        self._breaker.close()
+        self.revocation_degraded = False
+
+    def revocation_failed(self, exc: Exception) -> None:
+        """Redis could not be asked: the outage policy (may raise ``Unauthorized``)."""
+        if self._breaker.trip():
+            log.warning("revocation store unreachable", extra={"reason": type(exc).__name__})
+        self._revocation_unavailable()
 
     def _revocation_unavailable(self) -> None:
         self.revocation_degraded = True
@@ -257,17 +279,38 @@ async def authenticate(
     token: Annotated[str | None, Depends(bearer_scheme)],
 ) -> Principal:
     """Dependency: a verified principal holding every scope the route asks for."""
+    return await _authenticate(request, security_scopes, token, check_revocation=True)
+
+
+async def authenticate_deferring_revocation(
+    request: Request,
+    security_scopes: SecurityScopes,
+    token: Annotated[str | None, Depends(bearer_scheme)],
+) -> Principal:
+    """As ``authenticate`` (signature, claims, expiry, scopes), but the revocation
+    lookup is left to the route, which must make it (``TokenVerifier.check_revocation``
+    or the same lookup in one Redis round trip with other checks) before it acts on
+    the request. A token without the scopes is still checked first, so a revoked
+    token is a 401, not a 403, as with ``authenticate``."""
+    return await _authenticate(request, security_scopes, token, check_revocation=False)
+
+
+async def _authenticate(
+    request: Request, security_scopes: SecurityScopes, token: str | None, check_revocation: bool
+) -> Principal:
     if not token:
         AUTH_FAILURES.labels(service_name(), "no token").inc()
         raise Unauthorized("not authenticated", error="")
     verifier: TokenVerifier = request.app.state.verifier
     try:
-        principal = await verifier.verify(token)
+        principal = await verifier.verify(token, check_revocation=check_revocation)
+        missing = [s for s in security_scopes.scopes if s not in principal.scopes]
+        if missing and not check_revocation:
+            await verifier.check_revocation(principal)
     except Unauthorized as exc:
-        AUTH_FAILURES.labels(service_name(), exc.message).inc()  # a small fixed set of texts
+        count_auth_failure(exc)
         raise
     request.state.principal = principal
-    missing = [s for s in security_scopes.scopes if s not in principal.scopes]
     if missing:
         AUTH_FAILURES.labels(service_name(), "insufficient scope").inc()
         raise Forbidden(
@@ -278,3 +321,7 @@ async def authenticate(
             },
         )
     return principal
+
+
+def count_auth_failure(exc: Unauthorized) -> None:
+    AUTH_FAILURES.labels(service_name(), exc.message).inc()  # a small fixed set of texts

@@ -8,6 +8,7 @@ rendered by orjson, numpy arrays included.
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 import orjson
@@ -17,7 +18,11 @@ from modelgate_common import (
     JsonResponse,
     Principal,
     ServiceError,
+    TokenVerifier,
+    Unauthorized,
     authenticate,
+    authenticate_deferring_revocation,
+    count_auth_failure,
     error_responses,
 )
 from pydantic import BaseModel, ConfigDict, Field
@@ -86,12 +91,32 @@ Admin = Annotated[Principal, Security(authenticate, scopes=["models:admin"])]
 
 async def predictor(
     request: Request,
-    principal: Annotated[Principal, Security(authenticate, scopes=["models:predict"])],
-) -> Principal:
-    """A token with ``models:predict``, past the per-subject request limit."""
+    principal: Annotated[
+        Principal, Security(authenticate_deferring_revocation, scopes=["models:predict"])
+    ],
+) -> AsyncIterator[Principal]:
+    """A token with ``models:predict``, not revoked, within the per-subject request limit.
+
+    The gate may make the revocation lookup and the request limit together with the
+    rows quota once the body is validated (``_run``): one Redis round trip. A request
+    that fails before that is checked on its way out, and a 401 or 429 then replaces
+    its error, as if the checks had come first."""
     gate: PredictionGate = request.app.state.prediction_gate
+    if not gate.checks_revocation:
+        verifier: TokenVerifier = request.app.state.verifier
+        try:
+            await verifier.check_revocation(principal)
+        except Unauthorized as exc:
+            count_auth_failure(exc)
+            raise
     await gate.check_request(principal, request.url.path)
-    return principal
+    request.state.rows_checked = False
+    try:
+        yield principal
+    except Exception:
+        if not request.state.rows_checked:
+            await gate.check_unfinished(principal)
+        raise
 
 
 Predictor = Annotated[Principal, Depends(predictor)]
@@ -129,6 +154,7 @@ async def _run(
     request: Request, principal: Principal, model: LoadedModel, X: Any, probabilities: bool
 ) -> tuple[Any, Any]:
     gate: PredictionGate = request.app.state.prediction_gate
+    request.state.rows_checked = True
     await gate.check_rows(principal, len(X))
     return await predict(model, X, probabilities, request.app.state.settings.offload_rows)
 

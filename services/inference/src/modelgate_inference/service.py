@@ -239,21 +239,35 @@ def audit_prediction(
 
 class PredictionGate(Protocol):
     """The seam for per-subject rate limits and quotas (issue 6). ``check_request``
-    runs once a token is verified, before the body is read; ``check_rows`` once the
-    batch size is known, before the model runs. Raise TooManyRequests to refuse."""
+    runs once a token's signature, claims and scopes are verified, before the body is
+    read; ``check_rows`` once the batch size is known, before the model runs; and
+    ``check_unfinished`` instead of ``check_rows`` when the request fails before it (its
+    refusal then replaces the failure). A gate may make its checks in the first call or
+    defer them to whichever of the others comes. With ``checks_revocation`` the gate
+    also looks the token's revocation up (otherwise the route does, before
+    ``check_request``). Raise Unauthorized or TooManyRequests to refuse."""
+
+    checks_revocation: bool
 
     async def check_request(self, principal: Principal, endpoint: str) -> None: ...
 
     async def check_rows(self, principal: Principal, rows: int) -> None: ...
 
+    async def check_unfinished(self, principal: Principal) -> None: ...
+
 
 class OpenGate:
     """No limits: the default until the rate limiter plugs in."""
+
+    checks_revocation = False
 
     async def check_request(self, principal: Principal, endpoint: str) -> None:
         return None
 
     async def check_rows(self, principal: Principal, rows: int) -> None:
+        return None
+
+    async def check_unfinished(self, principal: Principal) -> None:
         return None
 
 
