@@ -7,7 +7,9 @@ endpoint shape and the rows/s of the batch endpoint.
     MG_REDIS_URL=redis://127.0.0.1:6391/0 .venv/bin/python bench/inprocess_inference.py
 
 Needs a Redis at MG_REDIS_URL; builds the demo models in a temporary folder.
-BENCH_NO_LIMITS=1 leaves out the rate-limit checks; BENCH_N sets the request count.
+BENCH_NO_LIMITS=1 leaves out the rate-limit checks; BENCH_N sets the request count;
+BENCH_LOGS=1 keeps the service's log lines (access and audit, as a worker writes them:
+stderr goes to a file in the temporary folder) instead of switching logging off.
 """
 
 from __future__ import annotations
@@ -89,9 +91,14 @@ def run() -> None:
     for name in ("iris", "breast_cancer"):
         build_demo(tmp / "store", tmp / "model_signing_key", name)
     tokens = TokenFactory(tmp)
+    logs = bool(os.environ.get("BENCH_LOGS"))
+    if logs:  # the lines go where supervisord would take them: a file
+        stderr = os.open(tmp / "stderr.jsonl", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        os.dup2(stderr, 2)
     common = tokens.settings(
         redis_url=os.environ.get("MG_REDIS_URL", "redis://127.0.0.1:6391/0"),
-        var_dir=tmp / "var", secrets_dir=tmp, environment="production", log_level="WARNING",
+        var_dir=tmp / "var", secrets_dir=tmp, environment="production",
+        log_level="INFO" if logs else "WARNING",
     )  # fmt: skip
     settings = InferenceSettings(
         common=common, model_store=tmp / "store", redis_namespace="bench:inference"
@@ -173,7 +180,8 @@ def run() -> None:
         await lifespan_q.put({"type": "lifespan.shutdown"})
         await task
 
-    logging.disable(logging.INFO)
+    if not logs:
+        logging.disable(logging.INFO)
     asyncio.run(go())
 
 

@@ -18,11 +18,13 @@ from modelgate_common import (
     NotFound,
     Principal,
     TokenVerifier,
+    audit,
     authenticate,
+    configure_logging,
     create_service_app,
     read_secret,
 )
-from modelgate_common._logging import JsonFormatter
+from modelgate_common._logging import JsonFormatter, configure_audit
 from modelgate_common.testing import TokenFactory
 from prometheus_client import REGISTRY
 from pydantic import BaseModel, ConfigDict
@@ -287,3 +289,27 @@ def test_client_hanging_up_mid_body_is_no_error(
     assert [r.status for r in caplog.records if r.name == "modelgate.access"] == [499]  # type: ignore[attr-defined]
     assert count("499") == before["499"] + 1
     assert (count("500"), count("400")) == (before["500"], before["400"])
+
+
+def test_an_audit_event_is_formatted_once_for_stderr_and_the_audit_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from modelgate_common import _logging
+
+    dumps = []
+    real = _logging.orjson.dumps
+    monkeypatch.setattr(_logging.orjson, "dumps", lambda *a, **k: dumps.append(1) or real(*a, **k))
+    configure_logging("t", "INFO", tmp_path / "audit.jsonl")
+    try:
+        audit("prediction", user="alice", rows=3)
+        for handler in logging.getLogger(_logging.AUDIT_LOGGER).handlers:
+            handler.flush()
+        in_file = (tmp_path / "audit.jsonl").read_text().splitlines()
+        on_stderr = [line for line in capsys.readouterr().err.splitlines() if '"audit"' in line]
+    finally:
+        configure_audit(JsonFormatter("t"), None)  # release the file
+    assert len(dumps) == 1
+    assert in_file == on_stderr
+    entry = json.loads(in_file[0])
+    assert (entry["audit"], entry["user"], entry["rows"]) == ("prediction", "alice", 3)
+    assert not any(key.startswith("_") for key in entry)

@@ -45,11 +45,11 @@ from ._security import (
     Principal,
     TokenVerifier,
     authenticate,
-    authenticate_deferring_revocation,
     bearer_scheme,
     count_auth_failure,
     revoked_jti_key,
     revoked_subject_key,
+    verify_bearer,
 )
 from ._settings import CommonSettings, RateLimitSettings, read_secret
 from ._worker import DrainingUvicornWorker
@@ -89,7 +89,6 @@ __all__ = [
     "Verdict",
     "audit",
     "authenticate",
-    "authenticate_deferring_revocation",
     "bearer_scheme",
     "configure_logging",
     "count_auth_failure",
@@ -105,6 +104,7 @@ __all__ = [
     "revoked_jti_key",
     "revoked_subject_key",
     "shared_resources",
+    "verify_bearer",
     "write_private",
     "write_public",
 ]

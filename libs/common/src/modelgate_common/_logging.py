@@ -32,6 +32,11 @@ class JsonFormatter(logging.Formatter):
         self.service = service
 
     def format(self, record: logging.LogRecord) -> str:
+        # An audit event goes to stderr and to the audit file: one formatting for both.
+        done = record.__dict__.get("_mg_line")
+        if done is not None and done[0] is self:
+            line: str = done[1]
+            return line
         entry: dict[str, Any] = {
             "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
             + f".{int(record.msecs):03d}Z",
@@ -51,7 +56,9 @@ class JsonFormatter(logging.Formatter):
         # JSON lets U+0085, U+2028 and U+2029 stand raw in a string, but many line
         # readers (Python's splitlines among them) end a line there: a client's path
         # must not split one record in two. Escaped, the line is the same JSON.
-        return line.translate(_LINE_BREAKS)
+        line = line.translate(_LINE_BREAKS)
+        record._mg_line = (self, line)  # a "_" name: never a field of the line itself
+        return line
 
 
 def configure_logging(service: str, level: str = "INFO", audit_file: Path | None = None) -> None:
