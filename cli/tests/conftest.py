@@ -1,0 +1,24 @@
+"""CLI tests that need the auth service's test helpers: the throwaway PostgreSQL cluster
+(pg_testlib) and the in-process auth settings (auth_testlib) live with the auth tests."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+_AUTH_TESTS = str(Path(__file__).resolve().parents[2] / "services" / "auth" / "tests")
+if _AUTH_TESTS not in sys.path:
+    sys.path.append(_AUTH_TESTS)
+
+from pg_testlib import PostgresCluster, free_port  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresCluster]:
+    cluster = PostgresCluster(free_port())
+    cluster.start()
+    yield cluster
+    cluster.stop()
