@@ -4,21 +4,10 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 _AUTH_TESTS = str(Path(__file__).resolve().parents[2] / "services" / "auth" / "tests")
 if _AUTH_TESTS not in sys.path:
     sys.path.append(_AUTH_TESTS)
 
-from pg_testlib import PostgresCluster, free_port  # noqa: E402
-
-
-@pytest.fixture(scope="session")
-def postgres() -> Iterator[PostgresCluster]:
-    cluster = PostgresCluster(free_port())
-    cluster.start()
-    yield cluster
-    cluster.stop()
+from pg_testlib import postgres  # noqa: E402, F401 (the session fixture)

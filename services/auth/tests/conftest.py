@@ -16,7 +16,7 @@ from auth_testlib import ADMIN_PASSWORD, USER_PASSWORD, bearer, login, make_sett
 from fastapi.testclient import TestClient
 from modelgate_auth.config import AuthSettings
 from modelgate_auth.main import create_app
-from pg_testlib import PostgresCluster, free_port
+from pg_testlib import PostgresCluster, postgres  # noqa: F401 (the session fixture)
 
 
 @pytest.fixture
@@ -29,14 +29,6 @@ def redis_client(redis_url: str) -> Iterator[redis.Redis]:
     client = redis.Redis.from_url(redis_url)
     yield client
     client.close()
-
-
-@pytest.fixture(scope="session")
-def postgres() -> Iterator[PostgresCluster]:
-    cluster = PostgresCluster(free_port())
-    cluster.start()
-    yield cluster
-    cluster.stop()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -14,6 +14,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -111,3 +112,12 @@ class PostgresCluster:
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute(f"CREATE DATABASE {name}")  # a name of our own making
         return self.url(name)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresCluster]:
+    """One cluster for the test run; a conftest that imports this fixture offers it."""
+    cluster = PostgresCluster(free_port())
+    cluster.start()
+    yield cluster
+    cluster.stop()
