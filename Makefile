@@ -100,11 +100,15 @@ test-unit: venv ## In-process unit tests only (no stack)
 .PHONY: test
 test: venv sslyze-venv system-deps ## Every test: unit, then integration/security/faults against a fresh native stack
 	$(PYTEST) -m "not stack"
-	@deploy/with-stack.sh $(PYTEST) -m "stack and not compose"
+	@deploy/with-stack.sh $(PYTEST) -m "stack and not compose and not swarm"
 
 .PHONY: test-compose
 test-compose: venv sslyze-venv ## The integration and security suites against the compose stack (builds, starts, tears down)
 	@deploy/compose/test-compose.sh
+
+.PHONY: test-swarm
+test-swarm: venv sslyze-venv ## The suites and the scale-out checks against a Docker Swarm stack (3 inference replicas, PostgreSQL)
+	@deploy/swarm/test-swarm.sh
 
 # The benchmark (bench/): MLServer, the peer it is compared with, gets its own
 # virtualenv from its own hashed lock so it never touches the stack's.

@@ -1,0 +1,151 @@
+"""Scale-out on Docker Swarm: what every replica must share, shared; a replica that dies
+or is replaced under traffic costs no request."""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import bearer
+from tests.faults._traffic import Call, Traffic, all_served
+from tests.integration.test_ratelimit import concurrently
+from tests.swarm.conftest import SwarmStack
+
+pytestmark = [pytest.mark.swarm, pytest.mark.slow]
+
+IRIS = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
+
+
+def test_every_service_runs_its_replicas_healthy(
+    swarm_stack: SwarmStack, replicas: dict[str, int]
+) -> None:
+    for service, wanted in replicas.items():
+        assert len(swarm_stack.healthy_containers(service)) == wanted, service
+
+
+def test_requests_are_spread_over_every_inference_replica(
+    swarm_stack: SwarmStack, client: httpx.Client, admin_token: str
+) -> None:
+    for _ in range(60):
+        assert client.get("/v1/models", headers=bearer(admin_token)).status_code == 200
+    served = swarm_stack.nginx_upstreams("/v1/models", last=60)
+    replicas = {f"{swarm_stack.address(c)}:8000" for c in swarm_stack.containers("inference")}
+    assert set(served) == replicas, served
+    # Random choice per request: each of three replicas gets far more than nothing.
+    assert min(served.values()) >= 5, served
+
+
+def test_predict_limit_is_exact_across_replicas(
+    swarm_stack: SwarmStack, client: httpx.Client, login: Callable[..., dict[str, Any]],
+    make_user: Callable[..., dict[str, str]],
+) -> None:  # fmt: skip
+    user = make_user()
+    auth = bearer(login(user["username"], user["password"])["access_token"])
+    responses = concurrently(lambda _: client.post("/predict", json=IRIS, headers=auth), 40)
+    statuses = [r.status_code for r in responses]
+    assert statuses.count(200) == 10 and statuses.count(429) == 30, statuses
+    # Not one replica's private count: the requests went to several replicas.
+    assert len(swarm_stack.nginx_upstreams("/predict", last=40)) >= 2
+
+
+def test_sign_in_failure_limit_is_exact_across_auth_replicas(
+    swarm_stack: SwarmStack, login_response: Callable[..., httpx.Response],
+    make_user: Callable[..., dict[str, str]],
+) -> None:  # fmt: skip
+    """100 failed password checks per user name an hour, counted in one Redis by both
+    auth replicas: the 101st attempt is refused before its password is checked. One at a
+    time (concurrent attempts already past the check may overshoot, documented)."""
+    user = make_user()
+    statuses = [login_response(user["username"], "wrong password").status_code for _ in range(103)]
+    assert statuses[:100] == [401] * 100 and statuses[100:] == [429] * 3, statuses
+    assert len(swarm_stack.nginx_upstreams("/auth/token", last=103)) == 2
+    # Locked out even with the right password: the limit is on failures, checked first.
+    assert login_response(user["username"], user["password"]).status_code == 429
+
+
+def test_a_token_revoked_through_one_auth_replica_is_refused_by_every_replica(
+    swarm_stack: SwarmStack, client: httpx.Client, login: Callable[..., dict[str, Any]],
+    make_user: Callable[..., dict[str, str]],
+) -> None:  # fmt: skip
+    user = make_user()
+    token = login(user["username"], user["password"])["access_token"]
+    checks = [
+        ("inference", "GET", "/v1/models", None),
+        ("crypto", "POST", "/crypto/encrypt", {"plaintext": "x"}),
+    ]
+    for service, method, path, body in checks:
+        for container in swarm_stack.containers(service):
+            status, _ = swarm_stack.call(container, method, path, token, body)
+            assert status == 200, (service, container)
+
+    assert client.post("/auth/logout", headers=bearer(token)).status_code in (200, 204)
+
+    for service, method, path, body in checks:
+        for container in swarm_stack.containers(service):
+            status, answer = swarm_stack.call(container, method, path, token, body)
+            assert status == 401, (service, container, answer)
+
+
+def test_a_model_version_switch_reaches_every_replica(
+    client: httpx.Client, admin_token: str, replicas: dict[str, int]
+) -> None:
+    response = client.post("/v1/models/iris/load", json={}, headers=bearer(admin_token))
+    assert response.status_code == 200, response.text
+    result = response.json()
+    workers = replicas["inference"] * 2  # MG_WORKERS gunicorn workers per replica
+    assert result["workers"] == workers and result["switched"] == workers, result
+
+
+def _inference_mix(token: str) -> list[Call]:
+    auth = {"headers": bearer(token)}
+    v2 = {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP64",
+                      "data": [5.1, 3.5, 1.4, 0.2]}]}  # fmt: skip
+    # Predictions may be refused by the admin's rate limit (429): that answer too comes
+    # from a live replica; a lost request is a transport error or a 502/504 from nginx.
+    return [
+        Call("GET", "/v1/models", frozenset({200}), True, auth),
+        Call("POST", "/v1/models/iris/predict", frozenset({200, 429}), False,
+             {**auth, "json": {"instances": [IRIS]}}),
+        Call("POST", "/v2/models/iris/infer", frozenset({200, 429}), False, {**auth, "json": v2}),
+    ]  # fmt: skip
+
+
+def test_killing_an_inference_replica_under_traffic_loses_no_request(
+    swarm_stack: SwarmStack, base_url: str, ca_file: str, admin_token: str,
+    replicas: dict[str, int],
+) -> None:  # fmt: skip
+    victim = swarm_stack.containers("inference")[0]
+    with Traffic(base_url, ca_file, _inference_mix(admin_token), max_seconds=60) as traffic:
+        traffic.wait_for(100, timeout=30)
+        subprocess.run(["docker", "kill", victim], check=True, capture_output=True)
+        traffic.wait_for(300, timeout=45)
+    all_served(traffic)
+    # Swarm replaces the killed replica.
+    swarm_stack.wait_converged("inference", timeout=180)
+    assert victim not in swarm_stack.containers("inference")
+    assert len(swarm_stack.healthy_containers("inference")) == replicas["inference"]
+
+
+def test_rolling_update_of_inference_under_traffic_drops_no_request(
+    swarm_stack: SwarmStack, base_url: str, ca_file: str, admin_token: str
+) -> None:
+    before = set(swarm_stack.containers("inference"))
+    with Traffic(
+        base_url, ca_file, _inference_mix(admin_token), max_seconds=400, max_requests=100_000
+    ) as traffic:
+        traffic.wait_for(100, timeout=30)
+        updating = threading.Thread(
+            target=swarm_stack.update, args=("inference", "--force"), daemon=True
+        )
+        updating.start()
+        updating.join(timeout=400)
+        assert not updating.is_alive(), "the rolling update did not finish"
+        traffic.wait_for(100, timeout=30)
+    all_served(traffic)
+    after = set(swarm_stack.containers("inference"))
+    assert not before & after, "every replica was replaced"
