@@ -61,7 +61,12 @@ def test_render_replaces_only_our_placeholders() -> None:
         render_text("${MG_MISSING}", {})
 
 
-def test_rendered_nginx_config_is_valid(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("upstreams", ["static", "dns"])
+def test_rendered_nginx_config_is_valid(
+    project: Path, monkeypatch: pytest.MonkeyPatch, upstreams: str
+) -> None:
+    """Both ways of finding the services: fixed upstreams (native, compose) and names
+    re-resolved through DNS (Swarm)."""
     import shutil
 
     from modelgate_cli._certs import ensure_certificates
@@ -71,6 +76,7 @@ def test_rendered_nginx_config_is_valid(project: Path, monkeypatch: pytest.Monke
     if shutil.which("nginx") is None:
         pytest.fail("nginx is not installed (make system-deps)")
     ensure_certificates(project / "certs")
+    monkeypatch.setenv("MG_NGINX_UPSTREAMS", upstreams)
     conf = render_nginx(ProjectPaths.from_env(), source=ROOT / "nginx")
     result = subprocess.run(
         ["nginx", "-t", "-p", str(conf.parent), "-c", str(conf)],
@@ -80,6 +86,7 @@ def test_rendered_nginx_config_is_valid(project: Path, monkeypatch: pytest.Monke
     )
     assert result.returncode == 0, result.stderr
     assert "${" not in conf.read_text()
+    assert f"snippets/upstreams-{upstreams}.conf;" in conf.read_text()
 
 
 def test_preflight_reports_a_busy_port(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -75,21 +75,28 @@ class SwarmStack:
         status, parsed = json.loads(out)
         return int(status), parsed
 
-    def nginx_upstreams(self, path: str, last: int) -> Counter[str]:
-        """Which upstream address served each of nginx's ``last`` logged requests to
-        ``path`` (nginx logs JSON lines to stdout)."""
+    def nginx_upstreams(self, user_agent: str, count: int) -> Counter[str]:
+        """Which upstream address served each of the ``count`` requests nginx logged
+        with this (test-unique) User-Agent. nginx writes its JSON access log to stdout,
+        buffered up to a second."""
         (nginx,) = self.containers("nginx")
-        logged = subprocess.run(
-            ["docker", "logs", "--tail", "2000", nginx], capture_output=True, text=True
-        ).stdout
-        entries = []
-        for line in logged.splitlines():
-            try:  # the first line may be the tail of a longer log record
-                entries.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-        matching = [e for e in entries if e.get("path") == path][-last:]
-        assert len(matching) == last, f"nginx logged {len(matching)} requests to {path}"
+        matching: list[dict[str, Any]] = []
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            logged = subprocess.run(
+                ["docker", "logs", "--tail", "3000", nginx], capture_output=True, text=True
+            ).stdout
+            entries = []
+            for line in logged.splitlines():
+                try:  # the first line may be the tail end of a record
+                    entries.append(json.loads(line))
+                except json.JSONDecodeError:
+                    continue
+            matching = [e for e in entries if e.get("user_agent") == user_agent]
+            if len(matching) >= count:
+                break
+            time.sleep(0.5)
+        assert len(matching) == count, f"nginx logged {len(matching)} of {count} requests"
         return Counter(e["upstream"].split(",")[-1].strip() for e in matching)
 
     def update(self, service: str, *args: str, timeout: float = 600) -> None:

@@ -3,6 +3,7 @@ or is replaced under traffic costs no request."""
 
 from __future__ import annotations
 
+import secrets
 import subprocess
 import threading
 from collections.abc import Callable
@@ -11,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import bearer
+from tests.conftest import bearer, make_client
 from tests.faults._traffic import Call, Traffic, all_served
 from tests.integration.test_ratelimit import concurrently
 from tests.swarm.conftest import SwarmStack
@@ -31,9 +32,11 @@ def test_every_service_runs_its_replicas_healthy(
 def test_requests_are_spread_over_every_inference_replica(
     swarm_stack: SwarmStack, client: httpx.Client, admin_token: str
 ) -> None:
+    tag = _tagged()
     for _ in range(60):
-        assert client.get("/v1/models", headers=bearer(admin_token)).status_code == 200
-    served = swarm_stack.nginx_upstreams("/v1/models", last=60)
+        answer = client.get("/v1/models", headers={**bearer(admin_token), **tag})
+        assert answer.status_code == 200
+    served = swarm_stack.nginx_upstreams(tag["User-Agent"], 60)
     replicas = {f"{swarm_stack.address(c)}:8000" for c in swarm_stack.containers("inference")}
     assert set(served) == replicas, served
     # Random choice per request: each of three replicas gets far more than nothing.
@@ -45,27 +48,35 @@ def test_predict_limit_is_exact_across_replicas(
     make_user: Callable[..., dict[str, str]],
 ) -> None:  # fmt: skip
     user = make_user()
-    auth = bearer(login(user["username"], user["password"])["access_token"])
+    tag = _tagged()
+    auth = {**bearer(login(user["username"], user["password"])["access_token"]), **tag}
     responses = concurrently(lambda _: client.post("/predict", json=IRIS, headers=auth), 40)
     statuses = [r.status_code for r in responses]
     assert statuses.count(200) == 10 and statuses.count(429) == 30, statuses
     # Not one replica's private count: the requests went to several replicas.
-    assert len(swarm_stack.nginx_upstreams("/predict", last=40)) >= 2
+    assert len(swarm_stack.nginx_upstreams(tag["User-Agent"], 40)) >= 2
 
 
 def test_sign_in_failure_limit_is_exact_across_auth_replicas(
-    swarm_stack: SwarmStack, login_response: Callable[..., httpx.Response],
+    swarm_stack: SwarmStack, base_url: str, ca_file: str,
     make_user: Callable[..., dict[str, str]],
 ) -> None:  # fmt: skip
     """100 failed password checks per user name an hour, counted in one Redis by both
     auth replicas: the 101st attempt is refused before its password is checked. One at a
     time (concurrent attempts already past the check may overshoot, documented)."""
     user = make_user()
-    statuses = [login_response(user["username"], "wrong password").status_code for _ in range(103)]
-    assert statuses[:100] == [401] * 100 and statuses[100:] == [429] * 3, statuses
-    assert len(swarm_stack.nginx_upstreams("/auth/token", last=103)) == 2
-    # Locked out even with the right password: the limit is on failures, checked first.
-    assert login_response(user["username"], user["password"]).status_code == 429
+    tag = _tagged()
+
+    def sign_in(password: str) -> int:
+        form = {"grant_type": "password", "username": user["username"], "password": password}
+        return client.post("/auth/token", data=form, headers=tag).status_code
+
+    with make_client(base_url, ca_file) as client:
+        statuses = [sign_in("wrong password") for _ in range(103)]
+        assert statuses[:100] == [401] * 100 and statuses[100:] == [429] * 3, statuses
+        # Locked out even with the right password: failures are counted before the check.
+        assert sign_in(user["password"]) == 429
+    assert len(swarm_stack.nginx_upstreams(tag["User-Agent"], 104)) == 2
 
 
 def test_a_token_revoked_through_one_auth_replica_is_refused_by_every_replica(
@@ -99,6 +110,11 @@ def test_a_model_version_switch_reaches_every_replica(
     result = response.json()
     workers = replicas["inference"] * 2  # MG_WORKERS gunicorn workers per replica
     assert result["workers"] == workers and result["switched"] == workers, result
+
+
+def _tagged() -> dict[str, str]:
+    """A User-Agent no other request has, to find this test's lines in nginx's log."""
+    return {"User-Agent": f"swarm-test-{secrets.token_hex(6)}"}
 
 
 def _inference_mix(token: str) -> list[Call]:
