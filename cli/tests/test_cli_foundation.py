@@ -54,6 +54,20 @@ def test_init_creates_admin_password_once(project: Path) -> None:
     assert (project / "secrets" / "admin_password").read_text() == password
 
 
+def test_init_creates_the_database_secrets_once(project: Path) -> None:
+    first = runner.invoke(app, ["init"])
+    assert first.exit_code == 0, first.output
+    password = (project / "secrets" / "postgres_password").read_text()
+    url = (project / "secrets" / "database_url").read_text()
+    assert len(password) == 48 and password not in first.output
+    assert url == f"postgresql+psycopg://modelgate:{password}@postgres:5432/modelgate"
+    for name in ("postgres_password", "database_url"):
+        assert (project / "secrets" / name).stat().st_mode & 0o777 == 0o600
+    again = runner.invoke(app, ["init"])
+    assert "database_url" not in again.output
+    assert (project / "secrets" / "database_url").read_text() == url
+
+
 def test_render_replaces_only_our_placeholders() -> None:
     text = render_text("listen ${MG_A}; set $host ${MG_B};", {"MG_A": "1", "MG_B": "x"})
     assert text == "listen 1; set $host x;"

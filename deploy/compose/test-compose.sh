@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# make test-compose: build the compose stack, start it, run the integration and security
+# make test-compose: build the compose stack (users in PostgreSQL), start it, run the integration and security
 # suites through its nginx, and always tear it down with its volumes.
 #
 # On the way it installs Docker's engine and compose from Debian's packages when missing,
@@ -16,7 +16,9 @@ WORK="$MG_VAR_DIR/compose"
 mkdir -p "$WORK"
 
 export COMPOSE_PROJECT_NAME="${MG_COMPOSE_PROJECT:-modelgate-test}"
-export COMPOSE_FILE=compose.yaml:deploy/compose/test-override.yaml
+# Users in PostgreSQL (the overlay), so the suites run through nginx against auth on
+# PostgreSQL here and on SQLite in the native `make test`.
+export COMPOSE_FILE=compose.yaml:deploy/compose/postgres.yaml:deploy/compose/test-override.yaml
 # The audit log the suites read, as on the native stack: <MG_VAR_DIR>/log/audit.jsonl.
 TEST_VAR_DIR="$WORK/var"
 export MG_TEST_LOG_DIR="$TEST_VAR_DIR/log"

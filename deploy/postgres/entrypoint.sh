@@ -2,10 +2,21 @@
 # The official postgres image's first-start behaviour, reduced to what modelgate uses:
 # an empty PGDATA gets a cluster whose superuser is POSTGRES_USER (password from
 # POSTGRES_PASSWORD_FILE or POSTGRES_PASSWORD), a database POSTGRES_DB, and password
-# (scram-sha-256) authentication for every network client.
+# (scram-sha-256) authentication for every network client. Like the official image it
+# runs as any user (compose runs it as the owner of secrets/): PGDATA is then a folder of
+# its own below the volume, and an unknown uid gets a passwd entry through nss_wrapper.
 set -eu
 : "${POSTGRES_USER:=postgres}"
 : "${POSTGRES_DB:=$POSTGRES_USER}"
+mkdir -p "$PGDATA"
+chmod 700 "$PGDATA"
+if ! getent passwd "$(id -u)" >/dev/null 2>&1; then
+    NSS_WRAPPER_PASSWD=$(mktemp) NSS_WRAPPER_GROUP=$(mktemp)
+    echo "postgres:x:$(id -u):$(id -g):PostgreSQL:$PGDATA:/bin/false" >"$NSS_WRAPPER_PASSWD"
+    echo "postgres:x:$(id -g):" >"$NSS_WRAPPER_GROUP"
+    LD_PRELOAD=$(ls /usr/lib/*/libnss_wrapper.so)
+    export LD_PRELOAD NSS_WRAPPER_PASSWD NSS_WRAPPER_GROUP
+fi
 if [ "${1:-postgres}" = postgres ] && [ ! -s "$PGDATA/PG_VERSION" ]; then
     if [ -n "${POSTGRES_PASSWORD_FILE:-}" ]; then
         POSTGRES_PASSWORD=$(cat "$POSTGRES_PASSWORD_FILE")

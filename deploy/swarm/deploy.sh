@@ -13,8 +13,6 @@
 # images that exist only locally), MG_SWARM_WAIT (300 s to converge; 0: do not wait).
 #
 # What it adds to a plain `docker stack deploy`:
-# - the PostgreSQL password and the auth service's database URL, made once
-#   (secrets/postgres_password, secrets/database_url, 0600);
 # - every secret named by the hash of its content: Swarm secrets are immutable, so a
 #   rotated key becomes a new secret and the services that use it roll onto it;
 # - the newest JWT signing key found in secrets/jwks.json (only it is handed to auth);
@@ -38,7 +36,8 @@ SECRETS=${MG_SECRETS_DIR:-$ROOT/secrets}
 CERTS=${MG_CERTS_DIR:-$ROOT/certs}
 STORE=${MG_MODEL_STORE:-$ROOT/model_store}
 STACK=${MG_STACK_NAME:-modelgate}
-for needed in "$SECRETS/jwks.json" "$SECRETS/fernet_keyring.json" "$CERTS/server.pem" "$STORE"; do
+for needed in "$SECRETS/jwks.json" "$SECRETS/fernet_keyring.json" "$SECRETS/database_url" \
+    "$SECRETS/postgres_password" "$CERTS/server.pem" "$STORE"; do
     [[ -e $needed ]] || die "$needed is missing: run \`make init\` first"
 done
 [[ $(docker info --format '{{.Swarm.LocalNodeState}}' 2>/dev/null) == active ]] ||
@@ -46,15 +45,6 @@ done
 if [[ -f .env ]]; then
     # MG_UID / MG_GID: the owner the images were built for, which must own the secret files.
     set -a && . ./.env && set +a
-fi
-
-# The database: a random password, and the URL auth connects with (both secrets).
-if [[ ! -s $SECRETS/postgres_password ]]; then
-    (umask 077 && openssl rand -hex 24 >"$SECRETS/postgres_password")
-fi
-if [[ ! -s $SECRETS/database_url ]]; then
-    (umask 077 && printf 'postgresql+psycopg://modelgate:%s@postgres:5432/modelgate\n' \
-        "$(cat "$SECRETS/postgres_password")" >"$SECRETS/database_url")
 fi
 
 content_id() { sha256sum "$1" | cut -c1-12; }

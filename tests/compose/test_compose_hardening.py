@@ -13,12 +13,14 @@ from tests.compose.conftest import ComposeProject
 pytestmark = pytest.mark.compose
 
 ROOT = Path(__file__).resolve().parents[2]
-SERVICES = {"nginx", "auth", "inference", "crypto", "redis"}
+# make test-compose runs compose.yaml with deploy/compose/postgres.yaml.
+SERVICES = {"nginx", "auth", "inference", "crypto", "redis", "postgres"}
 # What each container may read from secrets/ (compose `secrets:`, under /run/secrets).
 SECRETS = {
     "nginx": set(),
     "redis": set(),
-    "auth": {"admin_password", "jwks.json", "jwt"},
+    "postgres": {"postgres_password"},
+    "auth": {"admin_password", "jwks.json", "jwt", "database_url"},
     "inference": {"jwks.json", "model_signing_key.pub"},
     "crypto": {"jwks.json", "fernet_keyring.json"},
 }

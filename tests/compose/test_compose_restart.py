@@ -1,6 +1,7 @@
 """What the compose stack must keep when its containers are removed and created again:
-users (the auth-data volume), signing and encryption keys (secrets/ on the host),
-ciphertexts made before, and revocations (the user database and Redis's append-only file)."""
+users (the user database's volume: postgres-data here, auth-data with SQLite), signing and
+encryption keys (secrets/ on the host), ciphertexts made before, and revocations (the user
+database and Redis's append-only file)."""
 
 from __future__ import annotations
 

@@ -30,6 +30,24 @@ def ensure_admin_password(paths: ProjectPaths) -> list[str]:
     return ["admin password (secrets/admin_password)"]
 
 
+def ensure_database_secrets(paths: ProjectPaths) -> list[str]:
+    """The PostgreSQL password and the URL auth connects with, for the stacks that keep
+    users in PostgreSQL (deploy/compose/postgres.yaml, deploy/swarm/). Unused otherwise."""
+    made = []
+    password_path: Path = paths.secrets / "postgres_password"
+    if not password_path.exists():
+        write_private(password_path, secrets.token_hex(24))
+        made.append("PostgreSQL password (secrets/postgres_password)")
+    url_path: Path = paths.secrets / "database_url"
+    if not url_path.exists():
+        password = password_path.read_text(encoding="utf-8").strip()
+        write_private(
+            url_path, f"postgresql+psycopg://modelgate:{password}@postgres:5432/modelgate"
+        )
+        made.append("auth's PostgreSQL URL (secrets/database_url)")
+    return made
+
+
 def ensure_layout(paths: ProjectPaths) -> list[str]:
     for folder in (paths.certs, paths.secrets, paths.model_store, paths.var / "log"):
         folder.mkdir(parents=True, exist_ok=True)
@@ -43,6 +61,7 @@ INIT_STEPS: list[Callable[[ProjectPaths], list[str]]] = [
     ensure_admin_password,
     ensure_jwt_signing_key,
     ensure_fernet_keyring,
+    ensure_database_secrets,
     ensure_models,
 ]
 
