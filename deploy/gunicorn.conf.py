@@ -17,6 +17,9 @@ proc_name = f"modelgate-{_service}"
 # Import the app once in the master and fork: workers share its pages (less
 # memory) and start faster. Lifespan (Redis clients, models) still runs per worker.
 preload_app = True
+# gunicorn's control socket (gunicornc) is unused here, and its default path is one per
+# user (~/.gunicorn/gunicorn.ctl), which every stack of that user would fight over.
+control_socket_disable = True
 # Only nginx may tell us the client address; never "*".
 forwarded_allow_ips = os.environ.get("MG_FORWARDED_ALLOW_IPS", "127.0.0.1")
 proxy_allow_ips = forwarded_allow_ips
