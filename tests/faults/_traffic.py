@@ -117,9 +117,14 @@ class Traffic:
 
     def wait_for(self, more: int, timeout: float = 10.0) -> None:
         """Until `more` further requests were answered (so traffic really flows)."""
-        target = self.count() + more
+        self.wait_total(self.count() + more, timeout)
+
+    def wait_total(self, total: int, timeout: float = 10.0) -> None:
+        """Until `total` requests were answered since the traffic started (with
+        max_requests=total: until it is done; `wait_for` could aim past the cap there,
+        counting from a request already sent)."""
         deadline = time.monotonic() + timeout
-        while self.count() < target:
+        while self.count() < total:
             assert time.monotonic() < deadline, f"traffic stalled at {self.count()} requests"
             time.sleep(0.02)
 

@@ -141,7 +141,7 @@ def test_hup_reload_under_traffic_no_failed_request(
     assert flow.failures() == [], flow.summary()
     # After the reload, the new workers serve every request.
     with traffic(MIXES[service], threads=2, max_requests=60) as after:
-        after.wait_for(60)
+        after.wait_total(60)
     all_served(after)
 
 
@@ -162,7 +162,7 @@ def test_sigkill_of_one_worker_is_replaced_and_service_resumes(
     resumed_in = None
     while resumed_in is None:
         with traffic(MIXES[service], threads=2, max_requests=40, max_seconds=10) as flow:
-            flow.wait_for(40, timeout=15)
+            flow.wait_total(40, timeout=15)
         if not flow.failures():
             resumed_in = time.monotonic() - killed_at
         assert time.monotonic() - killed_at < 20, flow.summary()
