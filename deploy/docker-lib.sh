@@ -117,3 +117,26 @@ fetch_wheels() {
         echo "$lock_sum" >build/wheels/.lock-sha256
     fi
 }
+
+# What both tiers do before they start anything: base images, wheels, the same first-run
+# command as the native stack (`modelgate init`), a fresh test log folder the containers
+# may write (TEST_VAR_DIR, MG_TEST_LOG_DIR), and the images built (COMPOSE_FILE decides
+# which).
+prepare_images() {
+    base_images
+    phase "$(base_images_said)"
+    fetch_wheels
+    phase "wheels: $(find build/wheels -name '*.whl' | wc -l) in build/wheels"
+
+    "$MG_VENV/bin/modelgate" init | sed 's/^/   /'
+    rm -rf "$TEST_VAR_DIR"
+    mkdir -p "$MG_TEST_LOG_DIR"
+    local uid_gid
+    # shellcheck disable=SC1091
+    uid_gid=$(set -a && . ./.env && echo "$MG_UID:$MG_GID")
+    [[ $(id -u) != 0 ]] || chown "$uid_gid" "$MG_TEST_LOG_DIR"
+    phase "modelgate init"
+
+    compose build >"$WORK/build.log" 2>&1 || { tail -n 40 "$WORK/build.log" >&2; die "build failed"; }
+    phase "images built (log: $WORK/build.log)"
+}

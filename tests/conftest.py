@@ -68,6 +68,14 @@ def ca_file(certs_dir: Path) -> str:
     return str(certs_dir / "ca.pem")
 
 
+def run_command(argv: list[str], cwd: Path | None = None, timeout: float = 120) -> str:
+    """stdout of a command (docker, compose) that must succeed; its stderr tail if not."""
+    done = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    if done.returncode != 0:
+        raise AssertionError(f"{' '.join(argv)} exited {done.returncode}: {done.stderr[-2000:]}")
+    return done.stdout
+
+
 def make_client(base_url: str, ca_file: str, source_ip: str | None = None) -> httpx.Client:
     """A client that verifies TLS with the stack's CA; optionally from another loopback address."""
     context = ssl.create_default_context(cafile=ca_file)

@@ -47,22 +47,7 @@ trap teardown EXIT
 trap 'exit 130' INT TERM
 phase "Docker ready ($("${COMPOSE[@]}" version --short 2>/dev/null || "${COMPOSE[@]}" version | head -1))"
 
-base_images
-phase "$(base_images_said)"
-fetch_wheels
-phase "wheels: $(find build/wheels -name '*.whl' | wc -l) in build/wheels"
-
-# --- the same first-run command as the native stack ------------------------------------------
-"$MG_VENV/bin/modelgate" init | sed 's/^/   /'
-rm -rf "$TEST_VAR_DIR"
-mkdir -p "$MG_TEST_LOG_DIR"
-# shellcheck disable=SC1091
-uid_gid=$(set -a && . ./.env && echo "$MG_UID:$MG_GID")
-[[ $(id -u) != 0 ]] || chown "$uid_gid" "$MG_TEST_LOG_DIR"
-phase "modelgate init"
-
-compose build >"$WORK/build.log" 2>&1 || { tail -n 40 "$WORK/build.log" >&2; die "build failed"; }
-phase "images built (log: $WORK/build.log)"
+prepare_images
 
 export MG_STACK=compose MG_BASE_URL="https://localhost:$MG_HTTPS_PORT"
 export MG_COMPOSE_COMMAND="${COMPOSE[*]}"

@@ -71,22 +71,7 @@ if [[ $(docker info --format '{{.Swarm.LocalNodeState}}') != active ]]; then
 fi
 phase "Docker ready, swarm active ($(docker version --format '{{.Server.Version}}'))"
 
-base_images
-phase "$(base_images_said)"
-fetch_wheels
-phase "wheels: $(find build/wheels -name '*.whl' | wc -l) in build/wheels"
-
-"$MG_VENV/bin/modelgate" init | sed 's/^/   /'
-rm -rf "$TEST_VAR_DIR"
-mkdir -p "$MG_TEST_LOG_DIR"
-# shellcheck disable=SC1091
-uid_gid=$(set -a && . ./.env && echo "$MG_UID:$MG_GID")
-[[ $(id -u) != 0 ]] || chown "$uid_gid" "$MG_TEST_LOG_DIR"
-phase "modelgate init"
-
-COMPOSE_FILE=compose.yaml compose build >"$WORK/build.log" 2>&1 ||
-    { tail -n 40 "$WORK/build.log" >&2; die "build failed"; }
-phase "images built (log: $WORK/build.log)"
+COMPOSE_FILE=compose.yaml prepare_images
 
 # A stack left by an interrupted run would keep its old volumes (users, counters).
 remove_stack

@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import make_client
+from tests.conftest import make_client, run_command
 
 
 class ComposeProject:
@@ -30,16 +30,16 @@ class ComposeProject:
         self.root = root
 
     def compose(self, *args: str, timeout: float = 300) -> str:
-        return _run([*self.command, *args], cwd=self.root, timeout=timeout)
+        return run_command([*self.command, *args], cwd=self.root, timeout=timeout)
 
     def running(self) -> dict[str, dict[str, Any]]:
         """``docker inspect`` of every running container of the project, by service name."""
-        ids = _run(
+        ids = run_command(
             ["docker", "ps", "-q", "--filter", f"label=com.docker.compose.project={self.name}"]
         ).split()
         if not ids:
             return {}
-        inspected = json.loads(_run(["docker", "inspect", *ids]))
+        inspected = json.loads(run_command(["docker", "inspect", *ids]))
         return {c["Config"]["Labels"]["com.docker.compose.service"]: c for c in inspected}
 
     def containers(self) -> dict[str, dict[str, Any]]:
@@ -49,7 +49,7 @@ class ComposeProject:
         return found
 
     def network(self, name: str) -> dict[str, Any]:
-        return json.loads(_run(["docker", "network", "inspect", f"{self.name}_{name}"]))[0]
+        return json.loads(run_command(["docker", "network", "inspect", f"{self.name}_{name}"]))[0]
 
     def exec(
         self, service: str, *argv: str, check: bool = True
@@ -86,13 +86,6 @@ class ComposeProject:
                     pass
             time.sleep(1)
         raise AssertionError(f"compose stack not healthy within {timeout} s: {states}")
-
-
-def _run(argv: list[str], cwd: Path | None = None, timeout: float = 120) -> str:
-    done = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=timeout)
-    if done.returncode != 0:
-        raise AssertionError(f"{' '.join(argv)} exited {done.returncode}: {done.stderr[-2000:]}")
-    return done.stdout
 
 
 @pytest.fixture(scope="session")

@@ -17,6 +17,8 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import run_command
+
 
 class SwarmStack:
     """The deployed stack, seen through the docker command line."""
@@ -29,7 +31,7 @@ class SwarmStack:
 
     def containers(self, service: str) -> list[str]:
         """Ids of the service's running containers (its replicas on this node)."""
-        return _run(
+        return run_command(
             [
                 "docker", "ps", "-q",
                 "--filter", f"label=com.docker.swarm.service.name={self.service(service)}",
@@ -41,13 +43,13 @@ class SwarmStack:
         ids = self.containers(service)
         if not ids:
             return []
-        inspected = json.loads(_run(["docker", "inspect", *ids]))
+        inspected = json.loads(run_command(["docker", "inspect", *ids]))
         healthy = [c for c in inspected if c["State"].get("Health", {}).get("Status") == "healthy"]
         return [c["Id"] for c in healthy]
 
     def address(self, container: str, network: str = "edge") -> str:
         """The container's address on one of the stack's networks."""
-        networks = json.loads(_run(["docker", "inspect", container]))[0]["NetworkSettings"]
+        networks = json.loads(run_command(["docker", "inspect", container]))[0]["NetworkSettings"]
         return str(networks["Networks"][f"{self.name}_{network}"]["IPAddress"])
 
     def call(
@@ -68,7 +70,7 @@ class SwarmStack:
             "    answer = error\n"
             "print(json.dumps([answer.status, json.loads(answer.read() or b'null')]))\n"
         )
-        out = _run(
+        out = run_command(
             ["docker", "exec", container, "python3", "-c", script,
              method, path, token, json.dumps(body)]
         )  # fmt: skip
@@ -101,7 +103,7 @@ class SwarmStack:
 
     def update(self, service: str, *args: str, timeout: float = 600) -> None:
         """``docker service update`` and wait until it converged."""
-        _run(
+        run_command(
             ["docker", "service", "update", "--detach=true", *args, self.service(service)],
             timeout=120,
         )
@@ -111,7 +113,7 @@ class SwarmStack:
         deadline = time.monotonic() + timeout
         state = ""
         while time.monotonic() < deadline:
-            state = _run(
+            state = run_command(
                 [
                     "docker", "service", "inspect", self.service(service), "--format",
                     "{{with .UpdateStatus}}{{.State}}{{end}}|{{.Spec.Mode.Replicated.Replicas}}",
@@ -123,13 +125,6 @@ class SwarmStack:
             assert "paused" not in update and "rollback" not in update, state
             time.sleep(1)
         raise AssertionError(f"{service} did not converge within {timeout} s: {state}")
-
-
-def _run(argv: list[str], timeout: float = 120) -> str:
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
-    if done.returncode != 0:
-        raise AssertionError(f"{' '.join(argv)} exited {done.returncode}: {done.stderr[-2000:]}")
-    return done.stdout
 
 
 @pytest.fixture(scope="session")
