@@ -10,9 +10,11 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
+import jwt as pyjwt
 import pytest
+from crypto_helpers import modelgate
 
-from tests.conftest import bearer, make_client
+from tests.conftest import ROOT, bearer, make_client, run_command
 from tests.faults._traffic import Call, Traffic, all_served
 from tests.integration.test_ratelimit import concurrently
 from tests.swarm.conftest import SwarmStack
@@ -110,6 +112,41 @@ def test_a_model_version_switch_reaches_every_replica(
     result = response.json()
     workers = replicas["inference"] * 2  # MG_WORKERS gunicorn workers per replica
     assert result["workers"] == workers and result["switched"] == workers, result
+
+
+def test_keys_rotated_on_the_host_reach_every_replica_through_deploy(
+    swarm_stack: SwarmStack, client: httpx.Client, login: Callable[..., dict[str, Any]],
+    make_user: Callable[..., dict[str, str]],
+) -> None:  # fmt: skip
+    """The way docs/scale-out.md tells an operator to rotate on Swarm: `modelgate keys` on
+    the host, then deploy.sh again, which makes the changed files new secrets and rolls
+    the services that use them. Old tokens and ciphertexts keep working."""
+    user = make_user()
+    old = login(user["username"], user["password"])["access_token"]
+    old_kid = pyjwt.get_unverified_header(old)["kid"]
+    encrypted = client.post("/crypto/encrypt", json={"plaintext": "before"}, headers=bearer(old))
+    assert encrypted.status_code == 200
+
+    modelgate("keys", "rotate-jwt")
+    modelgate("keys", "rotate-fernet")
+    run_command(["deploy/swarm/deploy.sh", "-c", "deploy/swarm/test-override.yaml"], cwd=ROOT,
+                timeout=600)  # fmt: skip
+    for service in ("auth", "inference", "crypto"):
+        swarm_stack.wait_converged(service)
+
+    published = [k["kid"] for k in client.get("/auth/.well-known/jwks.json").json()["keys"]]
+    new = login(user["username"], user["password"])["access_token"]
+    assert pyjwt.get_unverified_header(new)["kid"] == published[0] != old_kid
+    assert old_kid in published
+    for container in swarm_stack.containers("inference"):
+        for token in (old, new):
+            assert swarm_stack.call(container, "GET", "/v1/models", token)[0] == 200
+    ciphertext = encrypted.json()["ciphertext"]
+    for container in swarm_stack.containers("crypto"):
+        status, answer = swarm_stack.call(
+            container, "POST", "/crypto/decrypt", new, {"ciphertext": ciphertext}
+        )
+        assert (status, answer) == (200, {"plaintext": "before"})
 
 
 def _tagged() -> dict[str, str]:
