@@ -520,15 +520,7 @@ async def _measure(
     remaining = max(0, stats.remaining)
     # The oldest counted request ages out at reset_time: one slot frees up then.
     reset = retry = stats.reset_time - time.time()
-    expiry = item.get_expiry()
-    return Verdict(
-        allowed=remaining >= cost if allowed is None else allowed,
-        limit=item.amount,
-        remaining=remaining,
-        reset_after=max(1, min(expiry, math.ceil(reset))),
-        retry_after=max(1, min(2 * expiry, math.floor(retry) + 1)),  # strictly after
-        shared=shared,
-    )
+    return _verdict(item, cost, allowed, remaining, reset, retry, shared)
 
 
 def _sliding_verdict(
@@ -539,8 +531,22 @@ def _sliding_verdict(
     shared: bool,
 ) -> Verdict:
     """The verdict from a sliding window's (previous, previous ttl, current, current ttl)."""
+    remaining, reset, retry = _sliding_window_times(item.amount, item.get_expiry(), cost, *window)
+    return _verdict(item, cost, allowed, remaining, reset, retry, shared)
+
+
+def _verdict(
+    item: RateLimitItem,
+    cost: int,
+    allowed: bool | None,
+    remaining: int,
+    reset: float,
+    retry: float,
+    shared: bool,
+) -> Verdict:
+    """A verdict in whole seconds, from a window's remaining budget and its times (seconds
+    until it is full again, until ``cost`` fits); ``allowed`` when the caller already knows."""
     expiry = item.get_expiry()
-    remaining, reset, retry = _sliding_window_times(item.amount, expiry, cost, *window)
     return Verdict(
         allowed=remaining >= cost if allowed is None else allowed,
         limit=item.amount,
