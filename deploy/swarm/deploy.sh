@@ -26,7 +26,8 @@ extra=()
 while (($#)); do
     case $1 in
         -c) extra+=(-c "$2"); shift 2 ;;
-        -h | --help) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        # The header comment, whatever its length: every line from 2 up to the first code.
+        -h | --help) sed -n '2,/^[^#]/{/^#/s/^# \{0,1\}//p}' "$0"; exit 0 ;;
         *) echo "deploy.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
 done
