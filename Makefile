@@ -31,8 +31,8 @@ help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-14s %s\n",$$1,$$2}'
 
 $(VENV_STAMP): requirements-dev.txt pyproject.toml
-	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' || \
-		{ echo "modelgate needs Python 3.11 (set PYTHON=...)"; exit 1; }
+	@$(PYTHON) -c 'import sys; sys.exit(not (3, 11) <= sys.version_info[:2] <= (3, 13))' || \
+		{ echo "modelgate needs Python 3.11, 3.12 or 3.13 (set PYTHON=...)"; exit 1; }
 	$(PYTHON) -m venv $(MG_VENV)
 	$(MG_VENV)/bin/pip install -q --require-hashes -r requirements-dev.txt
 	$(MG_VENV)/bin/pip install -q --no-deps -e .
@@ -141,8 +141,8 @@ bench-up: venv system-deps ## Start the native stack with the benchmark profile 
 
 .PHONY: lock
 lock: ## Re-resolve the hash-pinned locks from pyproject.toml
-	uv pip compile -q --generate-hashes --python-version 3.11 --no-header pyproject.toml -o requirements.txt
-	uv pip compile -q --generate-hashes --python-version 3.11 --no-header --extra dev pyproject.toml -o requirements-dev.txt
+	uv pip compile -q --universal --generate-hashes --python-version 3.11 --no-header pyproject.toml -o requirements.txt
+	uv pip compile -q --universal --generate-hashes --python-version 3.11 --no-header --extra dev pyproject.toml -o requirements-dev.txt
 	uv pip compile -q --generate-hashes --python-version 3.11 --no-header tests/security/requirements-sslyze.in -o $(SSLYZE_LOCK)
 
 .PHONY: clean
