@@ -50,17 +50,12 @@ $(SSLYZE_STAMP): $(SSLYZE_LOCK)
 sslyze-venv: $(SSLYZE_STAMP) ## Create the TLS scanner's own virtual environment (hash-pinned)
 
 .PHONY: system-deps
-system-deps: ## Install nginx, Redis and PostgreSQL (apt, when root) or say what to install
-	@missing=""; for b in nginx redis-server; do command -v $$b >/dev/null || missing="$$missing $$b"; done; \
-	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || [ -n "$$MG_TEST_POSTGRES_BINDIR" ] || missing="$$missing postgresql"; \
-	if [ -n "$$missing" ]; then \
-		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-			echo "installing$$missing"; \
-			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
-		else \
-			echo "modelgate needs:$$missing (as root: apt-get install$$missing)"; exit 1; \
-		fi; \
-	fi
+system-deps: ## Install what the native stack runs: nginx, Redis (apt, when root) or say what to install
+	@deploy/system-deps.sh stack
+
+.PHONY: test-deps
+test-deps: ## The stack's packages and the tests': PostgreSQL, Chromium, certutil
+	@deploy/system-deps.sh test
 
 .PHONY: init
 init: venv ## Create missing certificates, secrets and demo models
@@ -94,11 +89,11 @@ format: venv ## Apply ruff's fixes and formatting
 	$(MG_VENV)/bin/ruff format .
 
 .PHONY: test-unit
-test-unit: venv ## In-process unit tests only (no stack)
+test-unit: venv test-deps ## In-process unit tests only (no stack)
 	$(PYTEST) -m "not stack"
 
 .PHONY: test
-test: venv sslyze-venv system-deps ## Every test: unit, then integration/security/faults against a fresh native stack
+test: venv sslyze-venv test-deps ## Every test: unit, then integration/security/faults against a fresh native stack
 	$(PYTEST) -m "not stack"
 	@deploy/with-stack.sh $(PYTEST) -m "stack and not compose and not swarm"
 

@@ -27,7 +27,6 @@ from typing import Any
 import _profile
 import _report
 import _targets
-import psutil
 from _procs import BenchError
 from _targets import Settings, Target
 from _wrk import Client, measure, once
@@ -69,12 +68,9 @@ def _prepare(s: Settings) -> None:
         "MG_MODEL_STORE": root / "model_store",
     }.items():
         os.environ.setdefault(key, str(value))
-    pidfile = Path(os.environ["MG_VAR_DIR"]) / "run" / "supervisord.pid"
-    try:
-        running = pidfile.is_file() and psutil.pid_exists(int(pidfile.read_text().strip()))
-    except ValueError:
-        running = False
-    if running:
+    # stack.sh tells a running supervisord from an exited one its parent has not reaped.
+    running = subprocess.run([root / "deploy" / "stack.sh", "pid"], stdout=subprocess.DEVNULL)
+    if running.returncode == 0:
         raise BenchError(
             "a stack is already running from this folder; stop it (make down): the benchmark "
             "starts its own stack with the benchmark profile, and the ceiling uses its ports"

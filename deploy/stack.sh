@@ -14,10 +14,22 @@ prepare() {
     "$MODELGATE" prepare
 }
 
+# A process that has exited stays in the process table as a zombie (state Z) until its
+# parent reaps it, and a zombie passes kill -0. supervisord daemonizes, so its parent is
+# PID 1, which in many containers never reaps: only the state tells it has stopped.
+alive() {
+    kill -0 "$1" 2>/dev/null || return 1
+    [[ -d /proc/self ]] || return 0 # no procfs: kill -0 is all there is
+    local stat
+    stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+    stat=${stat##*) } # the state follows the command name, which may hold spaces
+    [[ ${stat:0:1} != Z ]]
+}
+
 running_pid() {
     [[ -f "$PIDFILE" ]] || return 1
     local pid; pid=$(cat "$PIDFILE")
-    kill -0 "$pid" 2>/dev/null && echo "$pid"
+    alive "$pid" && echo "$pid"
 }
 
 case "${1:-}" in
@@ -41,12 +53,16 @@ down)
     if ! pid=$(running_pid); then echo "stack not running"; rm -f "$PIDFILE"; exit 0; fi
     kill -TERM "$pid"
     for _ in $(seq 1 600); do
-        kill -0 "$pid" 2>/dev/null || { echo "stack stopped"; exit 0; }
+        alive "$pid" || { echo "stack stopped"; exit 0; }
         sleep 0.1
     done
     echo "supervisord $pid did not stop within 60 s" >&2; exit 1
     ;;
+pid)
+    # The running supervisord's pid; exit status 1 when none runs.
+    running_pid
+    ;;
 *)
-    echo "usage: stack.sh run|up|down" >&2; exit 2
+    echo "usage: stack.sh run|up|down|pid" >&2; exit 2
     ;;
 esac

@@ -3,7 +3,7 @@
 # stack afterwards, whatever the command's outcome.
 set -uo pipefail
 here=$(dirname "$0")
-if [[ -f "$MG_VAR_DIR/run/supervisord.pid" ]] && kill -0 "$(cat "$MG_VAR_DIR/run/supervisord.pid")" 2>/dev/null; then
+if "$here/stack.sh" pid >/dev/null; then
     echo "a stack is already running from $MG_VAR_DIR; stop it (make down) so tests start from a known state" >&2
     exit 1
 fi
