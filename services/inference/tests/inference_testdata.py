@@ -146,9 +146,13 @@ V2_CASES: list[tuple[str, bytes, tuple[object, ...]]] = [
 ]
 
 
-def per_feature(skip: str | None = None, twice: str | None = None) -> bytes:
+def per_feature(
+    skip: str | None = None, twice: str | None = None, **changed: dict[str, object]
+) -> bytes:
+    """One tensor per feature; ``changed`` replaces fields of a feature's tensor
+    (``petal_width={"shape": [10**13]}``)."""
     tensors = [
-        {"name": f, "shape": [1], "datatype": "FP64", "data": [ROW[f]]}
+        {"name": f, "shape": [1], "datatype": "FP64", "data": [ROW[f]]} | changed.get(f, {})
         for f in IRIS_FEATURES
         if f != skip
     ]
@@ -157,7 +161,174 @@ def per_feature(skip: str | None = None, twice: str | None = None) -> bytes:
     return json.dumps({"inputs": tensors}).encode()
 
 
+# Row counts past any batch: a few KB, 32 GB, MemoryError, int64 and uint64 overflow,
+# and numbers numpy cannot take as a dimension at all.
+HUGE = {"1e4": 10**4, "1e9": 10**9, "1e13": 10**13, "2^63": 2**63, "2^64": 2**64,
+        "1e30": 10**30, "1e400": 10**400}  # fmt: skip
+
 V2_CASES += [
     ("feature tensor missing", per_feature(skip="petal_width"), ("inputs",)),
     ("feature tensor twice", per_feature(twice="sepal_width"), ("inputs", 4, "name")),
+    # one tensor "input": every dimension huge, alone and with the other
+    *[
+        (
+            f"input tensor of {label} rows",
+            v2("[5.1, 3.5, 1.4, 0.2]", shape=f"[{n}, 4]"),
+            ("inputs", 0, "shape"),
+        )
+        for label, n in HUGE.items()
+    ],
+    *[
+        (
+            f"input tensor {label} wide",
+            v2("[5.1, 3.5, 1.4, 0.2]", shape=f"[1, {n}]"),
+            ("inputs", 0, "shape"),
+        )
+        for label, n in HUGE.items()
+    ],
+    (
+        "input tensor huge both ways",
+        v2("[]", shape=f"[{10**30}, {10**30}]"),
+        ("inputs", 0, "shape"),
+    ),
+    # one tensor per feature: huge rows on the first tensor, on a later one, on all
+    *[
+        (
+            f"feature tensors of {label} rows",
+            per_feature(**{f: {"shape": [n], "data": []} for f in IRIS_FEATURES}),
+            ("inputs", 0, "shape"),
+        )
+        for label, n in HUGE.items()
+    ],
+    *[
+        (
+            f"first feature tensor of {label} rows",
+            per_feature(sepal_length={"shape": [n]}),
+            ("inputs", 0, "shape"),
+        )
+        for label, n in HUGE.items()
+    ],
+    *[
+        (
+            f"last feature tensor of {label} rows",
+            per_feature(petal_width={"shape": [n]}),
+            ("inputs", 3, "shape"),
+        )
+        for label, n in HUGE.items()
+    ],
+    *[
+        (
+            f"feature tensor {label} wide",
+            per_feature(petal_length={"shape": [1, n]}),
+            ("inputs", 2, "shape"),
+        )
+        for label, n in HUGE.items()
+    ],
+    *[
+        (
+            f"feature tensor of {label} rows and 1 wide",
+            per_feature(**{f: {"shape": [n, 1], "data": []} for f in IRIS_FEATURES}),
+            ("inputs", 0, "shape"),
+        )
+        for label, n in HUGE.items()
+    ],
+    (
+        "feature tensors of zero rows",
+        per_feature(**{f: {"shape": [0], "data": []} for f in IRIS_FEATURES}),
+        ("inputs", 0, "shape"),
+    ),
+    (
+        "feature tensors of 1001 rows",
+        per_feature(**{f: {"shape": [1001], "data": [ROW[f]] * 1001} for f in IRIS_FEATURES}),
+        ("inputs", 0, "shape"),
+    ),
+    (
+        "feature tensor zero wide",
+        per_feature(sepal_width={"shape": [1, 0]}),
+        ("inputs", 1, "shape"),
+    ),
+    (
+        "feature tensor two wide",
+        per_feature(sepal_width={"shape": [1, 2], "data": [3.5, 3.5]}),
+        ("inputs", 1, "shape"),
+    ),
+    (
+        "feature tensor of three dims",
+        per_feature(sepal_width={"shape": [1, 1, 1]}),
+        ("inputs", 1, "shape"),
+    ),
+    ("feature tensor empty shape", per_feature(sepal_width={"shape": []}), ("inputs", 1, "shape")),
+    (
+        "feature tensor negative shape",
+        per_feature(sepal_width={"shape": [-1]}),
+        ("inputs", 1, "shape", 0),
+    ),
+    (
+        "feature tensor shape not integers",
+        per_feature(sepal_width={"shape": [1.0]}),
+        ("inputs", 1, "shape", 0),
+    ),
+    (
+        "feature tensor shape as a string",
+        per_feature(sepal_width={"shape": "1"}),
+        ("inputs", 1, "shape"),
+    ),
+    (
+        "feature tensors of different rows",
+        per_feature(petal_width={"shape": [2], "data": [0.2, 0.2]}),
+        ("inputs", 3, "shape"),
+    ),
+    ("feature tensor too few values", per_feature(petal_width={"data": []}), ("inputs", 3, "data")),
+    (
+        "feature tensor too many values",
+        per_feature(petal_width={"data": [0.2, 0.2]}),
+        ("inputs", 3, "data"),
+    ),
+    (
+        "feature tensor ragged nested data",
+        per_feature(
+            **{f: {"shape": [2, 1], "data": [[ROW[f]], [ROW[f], 1.0]]} for f in IRIS_FEATURES}
+        ),
+        ("inputs", 0, "data"),
+    ),
+    (
+        "feature tensor BYTES datatype",
+        per_feature(petal_width={"datatype": "BYTES"}),
+        ("inputs", 3, "datatype"),
+    ),
+    (
+        "feature tensor BOOL datatype",
+        per_feature(petal_width={"datatype": "BOOL"}),
+        ("inputs", 3, "datatype"),
+    ),
+    (
+        "feature tensor unknown datatype",
+        per_feature(petal_width={"datatype": "FP128"}),
+        ("inputs", 3, "datatype"),
+    ),
+    (
+        "feature tensor BYTES with huge shape",
+        per_feature(petal_width={"datatype": "BYTES", "shape": [10**13]}),
+        ("inputs", 3, "shape"),
+    ),
+    (
+        "feature tensor INT8 with fractions",
+        per_feature(petal_width={"datatype": "INT8"}),
+        ("inputs", 3, "data"),
+    ),
+    (
+        "feature tensor NaN",
+        per_feature(petal_width={"data": [float("nan")]}),
+        ("inputs", 3, "data", 0),
+    ),
+    (
+        "feature tensor string value",
+        per_feature(petal_width={"data": ["0.2"]}),
+        ("inputs", 3, "data", 0),
+    ),
+    (
+        "feature tensor out of bounds",
+        per_feature(petal_width={"data": [99.0]}),
+        ("inputs", 3, "data", 0),
+    ),
 ]

@@ -5,11 +5,26 @@ through nginx in tests/integration/test_inference.py."""
 from __future__ import annotations
 
 import json
+import tracemalloc
 from collections.abc import Callable
+from pathlib import Path
 
 import httpx
 import pytest
-from inference_testdata import ROW, ROW_CASES, V1_BODY_CASES, V2_CASES, raw_row, v1, v2
+from fastapi.exceptions import RequestValidationError
+from inference_testdata import (
+    IRIS_FEATURES,
+    ROW,
+    ROW_CASES,
+    V1_BODY_CASES,
+    V2_CASES,
+    per_feature,
+    raw_row,
+    v1,
+    v2,
+)
+from modelgate_inference.schemas import InputSchema, inputs_to_matrix, parse_inference_request
+from modelgate_inference.store import load_public_key, read_verified_manifest
 
 pytestmark = pytest.mark.anyio
 
@@ -147,3 +162,29 @@ async def test_long_unknown_keys_are_not_echoed_whole(
     assert r.status_code == 422
     assert len(r.text) < 1000
     assert r.json()["detail"][0]["loc"][3].startswith("kkkk")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        per_feature(**{f: {"shape": [1_000_000], "data": []} for f in IRIS_FEATURES}),
+        per_feature(sepal_length={"shape": [1_000_000]}),
+        v2("[]", shape="[1000000, 4]"),
+    ],
+    ids=["every feature tensor", "first feature tensor", "one input tensor"],
+)
+def test_a_tensor_shape_is_refused_before_anything_its_size_is_allocated(
+    store: Path, signing_keys: tuple[Path, Path], body: bytes
+) -> None:
+    """A million rows would be a 32 MB matrix: the 422 comes before any of it exists."""
+    verified = read_verified_manifest(store / "iris" / "1", load_public_key(signing_keys[1]))
+    schema = InputSchema.from_manifest(verified.manifest, bounds_margin=0.5, max_batch=1000)
+    request = parse_inference_request(body)
+    tracemalloc.start()
+    try:
+        with pytest.raises(RequestValidationError, match="rows must be between"):
+            inputs_to_matrix(request, schema)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1_000_000, f"{peak} bytes allocated before the shape was refused"

@@ -229,25 +229,37 @@ def parse_inference_request(body: bytes) -> InferenceRequest:
     return request
 
 
-def _tensor_values(tensor: RequestInput, index: int) -> np.ndarray:
-    integral = NUMERIC_DATATYPES.get(tensor.datatype)
-    if integral is None:
+def _value_count(tensor: RequestInput, index: int) -> int:
+    """How many values ``data`` holds, counted on the parsed lists (no array built);
+    nested data must be rectangular."""
+    data = tensor.data
+    if data and isinstance(data[0], list):
+        widths = {len(row) if isinstance(row, list) else -1 for row in data}
+        if len(widths) != 1 or -1 in widths:
+            raise invalid(("inputs", index, "data"), "nested data must be a rectangular array")
+        return len(data) * widths.pop()
+    return len(data)
+
+
+def _check_tensor(tensor: RequestInput, index: int) -> None:
+    """Datatype and value count against ``shape``, from the request's own numbers:
+    nothing sized by the client's shape is allocated before this holds."""
+    if tensor.datatype not in NUMERIC_DATATYPES:
         raise invalid(("inputs", index, "datatype"), f"datatype {tensor.datatype} is not numeric")
-    try:
-        values = np.asarray(tensor.data, dtype=np.float64)
-    except ValueError:
-        raise invalid(
-            ("inputs", index, "data"), "nested data must be a rectangular array"
-        ) from None
-    if integral and not np.array_equal(values, np.floor(values)):
-        raise invalid(("inputs", index, "data"), f"datatype {tensor.datatype} needs whole numbers")
-    expected = math.prod(tensor.shape)
-    if values.size != expected:
+    count, expected = _value_count(tensor, index), math.prod(tensor.shape)
+    if count != expected:
         raise invalid(
             ("inputs", index, "data"),
-            f"data holds {values.size} values; shape {tensor.shape} needs {expected}",
+            f"data holds {count} values; shape {tensor.shape} needs {expected}",
         )
-    return values.reshape(-1)
+
+
+def _tensor_values(tensor: RequestInput, index: int) -> np.ndarray:
+    """The values of a tensor that passed ``_check_tensor``, as one flat float64 array."""
+    values = np.asarray(tensor.data, dtype=np.float64).reshape(-1)
+    if NUMERIC_DATATYPES[tensor.datatype] and not np.array_equal(values, np.floor(values)):
+        raise invalid(("inputs", index, "data"), f"datatype {tensor.datatype} needs whole numbers")
+    return values
 
 
 def inputs_to_matrix(request: InferenceRequest, schema: InputSchema) -> np.ndarray:
@@ -264,6 +276,7 @@ def inputs_to_matrix(request: InferenceRequest, schema: InputSchema) -> np.ndarr
             )
         rows = tensor.shape[0]
         _check_rows(rows, schema, ("inputs", 0, "shape"))
+        _check_tensor(tensor, 0)
         X = _tensor_values(tensor, 0).reshape(rows, n_features)
         schema.check_bounds(X, lambda r, c: ("inputs", 0, "data", r * n_features + c))
         return X
@@ -282,12 +295,16 @@ def inputs_to_matrix(request: InferenceRequest, schema: InputSchema) -> np.ndarr
     missing = [name for name in schema.features if name not in seen]
     if missing:
         raise invalid(("inputs",), f"missing input tensors: {', '.join(missing)}", "missing")
+    # Every shape, datatype and value count is checked before the matrix exists: its
+    # size comes from the client's shape.
     rows = inputs[0].shape[0]
-    X = np.empty((rows, n_features), dtype=np.float64)
+    _check_rows(rows, schema, ("inputs", 0, "shape"))
     for i, tensor in enumerate(inputs):
         if tensor.shape[0] != rows or (len(tensor.shape) == 2 and tensor.shape[1] != 1):
             raise invalid(("inputs", i, "shape"), f"shape must be [{rows}] or [{rows}, 1]")
-        _check_rows(rows, schema, ("inputs", i, "shape"))
+        _check_tensor(tensor, i)
+    X = np.empty((rows, n_features), dtype=np.float64)
+    for i, tensor in enumerate(inputs):
         X[:, position[tensor.name]] = _tensor_values(tensor, i)
     schema.check_bounds(X, lambda r, c: ("inputs", seen[schema.features[c]], "data", r))
     return X
