@@ -1,8 +1,9 @@
-"""`modelgate model build-demo|register|sign|verify|list` and the init step."""
+"""`modelgate model build-demo|register|edit|sign|verify|list` and the init step."""
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import pickle
 from pathlib import Path
@@ -53,8 +54,85 @@ def test_build_verify_list_and_tamper(project: Path) -> None:
     code, out = invoke("sign", "iris", "2")
     assert code == 1 and "not signing" in out
     code, out = invoke("list")
-    assert "iris:2" not in out and "REFUSED" not in out  # list checks the signature only
+    # list checks the signature only: version 2's manifest is still validly signed
+    assert code == 0, out
+    assert "RandomForestClassifier" in listed(out)[("iris", "2")], out
+    assert "REFUSED" not in out
     assert not marker.exists()
+
+
+def listed(out: str) -> dict[tuple[str, str], str]:
+    """`model list` output by (name, version): the rest of each line."""
+    rows = {}
+    for line in out.splitlines():
+        name, version, rest = line.split(maxsplit=2)
+        rows[(name, version)] = rest
+    return rows
+
+
+def test_sign_refuses_an_artifact_and_manifest_changed_together(project: Path) -> None:
+    """The forger swaps the artifact and rewrites the manifest's digest to match: sign
+    leaves the signature as it was and fails, and the version stays refused."""
+    code, out = invoke("build-demo", "iris")
+    assert code == 0, out
+    folder = project / "model_store" / "iris" / "1"
+    marker = project / "pwned"
+
+    class Marker:
+        def __reduce__(self) -> tuple[object, tuple[str, str]]:
+            return (open, (str(marker), "w"))
+
+    crafted = pickle.dumps(Marker())
+    (folder / "model.joblib").write_bytes(crafted)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["artifacts"] = {
+        "sklearn": {
+            "file": "model.joblib",
+            "format": "joblib",
+            "sha256": hashlib.sha256(crafted).hexdigest(),
+            "bytes": len(crafted),
+        }
+    }
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    (folder / "model.onnx").unlink()
+    signature = (folder / "manifest.sig").read_bytes()
+
+    code, out = invoke("sign", "iris", "1")
+    assert code == 1, out
+    assert "signature invalid" in out and "not signing" in out and "--i-built-this" in out
+    assert (folder / "manifest.sig").read_bytes() == signature
+    code, out = invoke("verify", "iris", "1")
+    assert code == 1 and "REFUSED  manifest signature invalid" in out
+    assert listed(invoke("list")[1])[("iris", "1")].startswith("REFUSED")
+    assert not marker.exists()
+
+
+def test_edit_and_sign_i_built_this(project: Path) -> None:
+    code, out = invoke("build-demo", "iris")
+    assert code == 0, out
+    folder = project / "model_store" / "iris" / "1"
+    code, out = invoke("sign", "iris", "1")
+    assert code == 0 and "nothing to sign" in out
+    code, out = invoke("edit", "iris", "1")
+    assert code == 1 and "nothing to change" in out
+    code, out = invoke("edit", "iris", "1", "--description", "Fisher's iris, 2026 retrain")
+    assert code == 0, out
+    assert "Fisher's iris" in json.loads((folder / "manifest.json").read_text())["description"]
+    code, out = invoke("verify", "iris", "1")
+    assert code == 0 and "iris:1  ok" in out
+
+    # an operator who rebuilt the graph themself vouches for the files as they stand
+    graph = (folder / "model.onnx").read_bytes()
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["artifacts"]["onnx"]["sha256"] = "0" * 64
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    code, out = invoke("edit", "iris", "1", "--description", "x")
+    assert code == 1 and "signature invalid" in out
+    code, out = invoke("sign", "iris", "1", "--i-built-this")
+    assert code == 0, out
+    assert f"model.onnx  sha256 {hashlib.sha256(graph).hexdigest()}  {len(graph)} bytes" in out
+    code, out = invoke("verify", "iris", "1")
+    assert code == 0 and "iris:1  ok" in out
 
 
 def test_register_a_model_from_csv(project: Path, tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""`modelgate model`: build, register, sign, verify and list signed models.
+"""`modelgate model`: build, register, edit, sign, verify and list signed models.
 
 The private model-signing key (secrets/model_signing_key) is used only here;
 the inference service holds the public key alone.
@@ -13,7 +13,7 @@ import typer
 
 from ._paths import ProjectPaths
 
-app = typer.Typer(help="Build, register, sign, verify and list models.", no_args_is_help=True)
+app = typer.Typer(help="Build, register, edit, sign, verify and list models.", no_args_is_help=True)
 
 SIGNING_KEY = "model_signing_key"
 
@@ -118,18 +118,76 @@ def register_command(
     typer.echo(f"serve it: POST /v1/models/{name}/load (scope models:admin), or restart")
 
 
-@app.command("sign")
-def sign_command(name: str, version: str) -> None:
-    """(Re-)sign a version's manifest after checking every artifact against it."""
-    from modelgate_inference.builder import sign_existing
+@app.command("edit")
+def edit_command(
+    name: str,
+    version: str,
+    description: Annotated[str | None, typer.Option(help="new free text for the listing")] = None,
+    class_names: Annotated[
+        str | None, typer.Option(help="comma-separated names of the classes, in class order")
+    ] = None,
+) -> None:
+    """Change a version's description or class names and sign the result. Refused
+    unless the version's signature verifies: every other field stays as it was signed."""
+    from modelgate_inference.builder import edit_manifest
 
+    if description is None and class_names is None:
+        raise _fail("nothing to change: give --description and/or --class-names")
     paths = ProjectPaths.from_env()
-    private, _ = _keys(paths)
+    private, public = _keys(paths)
     try:
-        sign_existing(paths.model_store / name / version, private)
+        edit_manifest(
+            paths.model_store / name / version,
+            private,
+            public,
+            description=description,
+            class_names=None if class_names is None else class_names.split(","),
+        )
     except (OSError, ValueError) as exc:
         raise _fail(str(exc)) from None
-    typer.echo(f"signed {name} version {version}")
+    typer.echo(f"edited and signed {name} version {version}")
+
+
+@app.command("sign")
+def sign_command(
+    name: str,
+    version: str,
+    i_built_this: Annotated[
+        bool,
+        typer.Option(
+            "--i-built-this",
+            help="vouch for the artifact files as they are now: rebuild the manifest's "
+            "digests from them and sign (prints the digests; compare them with your build)",
+        ),
+    ] = False,
+) -> None:
+    """Sign a version only when that vouches for nothing unchecked. Without
+    --i-built-this it refuses (exit 1) unless the current signature verifies: a manifest
+    changed on disk is never signed as it stands, since whoever changed an artifact can
+    change the manifest too. Use `modelgate model edit` for the description or class
+    names."""
+    from modelgate_inference.builder import NotSigned, sign_existing
+
+    paths = ProjectPaths.from_env()
+    private, public = _keys(paths)
+    try:
+        digests = sign_existing(
+            paths.model_store / name / version, private, public, i_built_this=i_built_this
+        )
+    except NotSigned as exc:
+        raise _fail(
+            f"{exc.args[0]}; not signing. The description and class names change through "
+            "`modelgate model edit`; if you built these artifact files yourself, "
+            f"`modelgate model sign {name} {version} --i-built-this` signs them as they are"
+        ) from None
+    except (OSError, ValueError) as exc:
+        raise _fail(str(exc)) from None
+    if not i_built_this:
+        typer.echo(f"{name} version {version}: the signature verifies; nothing to sign")
+        return
+    for digest in digests:
+        typer.echo(f"{digest.kind:<8} {digest.file}  sha256 {digest.sha256}  {digest.bytes} bytes")
+    typer.echo(f"signed {name} version {version} as these files stand")
 
 
 @app.command("verify")

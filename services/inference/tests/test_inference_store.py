@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from modelgate_inference.builder import sign_existing, write_version
+from modelgate_inference.builder import NotSigned, edit_manifest, sign_existing, write_version
 from modelgate_inference.runtime import load_model
 from modelgate_inference.store import (
     ModelRefused,
@@ -218,21 +218,104 @@ def test_sign_refuses_to_bless_a_changed_artifact(
     store: Path, signing_keys: tuple[Path, Path], tmp_path: Path
 ) -> None:
     folder = store / "iris" / "1"
+    signature = (folder / "manifest.sig").read_bytes()
     (folder / "model.joblib").write_bytes(crafted_pickle(tmp_path / "pwned"))
-    with pytest.raises(ValueError, match="does not match"):
-        sign_existing(folder, signing_keys[0])
+    with pytest.raises(NotSigned, match="sklearn artifact digest does not match"):
+        sign_existing(folder, *signing_keys)
+    assert (folder / "manifest.sig").read_bytes() == signature
     assert not (tmp_path / "pwned").exists()
 
 
-def test_resigning_after_an_edit_makes_it_load_again(
+def test_sign_refuses_an_artifact_and_manifest_changed_together(
+    store: Path, signing_keys: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """Whoever can swap an artifact can rewrite the manifest's digest to match it: the
+    manifest on disk vouches for nothing, so signing it as it stands is refused."""
+    folder = store / "iris" / "1"
+    signature = (folder / "manifest.sig").read_bytes()
+    crafted = crafted_pickle(tmp_path / "pwned")
+    (folder / "model.joblib").write_bytes(crafted)
+    point_manifest_at(folder, crafted)
+    with pytest.raises(NotSigned, match="signature invalid"):
+        sign_existing(folder, *signing_keys)
+    assert (folder / "manifest.sig").read_bytes() == signature
+    with pytest.raises(ModelRefused, match="signature invalid"):
+        load(folder, signing_keys[1])
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_sign_refuses_a_hand_edited_manifest(store: Path, signing_keys: tuple[Path, Path]) -> None:
+    folder = store / "iris" / "1"
+    signature = (folder / "manifest.sig").read_bytes()
+    rewrite_manifest(folder, description="edited by hand")
+    with pytest.raises(NotSigned, match="signature invalid"):
+        sign_existing(folder, *signing_keys)
+    assert (folder / "manifest.sig").read_bytes() == signature
+
+
+def test_sign_of_a_verifying_version_changes_nothing(
     store: Path, signing_keys: tuple[Path, Path]
 ) -> None:
     folder = store / "iris" / "1"
-    rewrite_manifest(folder, description="edited by the operator")
-    with pytest.raises(ModelRefused, match="signature invalid"):
-        load(folder, signing_keys[1])
-    sign_existing(folder, signing_keys[0])
+    before = {f: (folder / f).read_bytes() for f in ("manifest.json", "manifest.sig")}
+    assert sign_existing(folder, *signing_keys) == []
+    assert {f: (folder / f).read_bytes() for f in before} == before
+
+
+def test_edit_changes_operator_fields_and_nothing_else(
+    store: Path, signing_keys: tuple[Path, Path]
+) -> None:
+    folder = store / "iris" / "1"
+    before = json.loads((folder / "manifest.json").read_text())
+    edit_manifest(
+        folder, *signing_keys, description="edited by the operator", class_names=["a", "b", "c"]
+    )
+    after = json.loads((folder / "manifest.json").read_text())
+    assert after.pop("description") == "edited by the operator"
+    assert after.pop("class_names") == ["a", "b", "c"]
+    before.pop("description"), before.pop("class_names")
+    assert after == before
     assert load(folder, signing_keys[1]).manifest.description == "edited by the operator"
+
+
+def test_edit_refuses_a_version_whose_signature_fails(
+    store: Path, signing_keys: tuple[Path, Path], tmp_path: Path
+) -> None:
+    folder = store / "iris" / "1"
+    crafted = crafted_pickle(tmp_path / "pwned")
+    (folder / "model.joblib").write_bytes(crafted)
+    raw = point_manifest_at(folder, crafted)
+    signature = (folder / "manifest.sig").read_bytes()
+    with pytest.raises(NotSigned, match="signature invalid"):
+        edit_manifest(folder, *signing_keys, description="looks harmless")
+    assert (folder / "manifest.json").read_bytes() == raw
+    assert (folder / "manifest.sig").read_bytes() == signature
+    with pytest.raises(ValueError, match="2 classes; 3 names"):
+        edit_manifest(store / "breast_cancer" / "1", *signing_keys, class_names=["a", "b", "c"])
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_sign_i_built_this_rebuilds_the_digests_from_the_files(
+    store: Path, signing_keys: tuple[Path, Path]
+) -> None:
+    """The operator vouches for the files as they stand: the digests come from the
+    files (never from the manifest on disk), and the version loads again."""
+    folder = store / "iris" / "1"
+    graph = (folder / "model.onnx").read_bytes()
+    rewrite_manifest(folder, description="rebuilt")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["artifacts"]["onnx"]["sha256"] = "0" * 64  # whatever the disk says
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    digests = sign_existing(folder, *signing_keys, i_built_this=True)
+    assert [(d.kind, d.file) for d in digests] == [
+        ("sklearn", "model.joblib"),
+        ("onnx", "model.onnx"),
+    ]
+    assert digests[1].sha256 == hashlib.sha256(graph).hexdigest()
+    assert digests[1].bytes == len(graph)
+    model = load(folder, signing_keys[1])
+    assert model.manifest.description == "rebuilt"
+    assert model.runtime.kind == "onnxruntime"
 
 
 def test_versions_are_immutable(store: Path, signing_keys: tuple[Path, Path]) -> None:

@@ -22,15 +22,19 @@ from typing import Any
 import numpy as np
 import orjson
 from modelgate_common import write_public
+from pydantic import ValidationError
 
 from .runtime import OnnxRuntime, reference_mismatch
 from .store import (
     FEATURE_PATTERN,
     MANIFEST_FILE,
     MANIFEST_FORMAT,
+    MAX_ARTIFACT_BYTES,
+    MAX_MANIFEST_BYTES,
     SIGNATURE_FILE,
     Manifest,
     ModelRefused,
+    _read_capped,
     key_id,
     load_private_key,
     read_verified_manifest,
@@ -407,21 +411,108 @@ def write_version(
     return target
 
 
-def sign_existing(folder: Path, private_key_path: Path) -> None:
-    """(Re-)sign a version's manifest as it stands, only if every artifact it names
-    matches its digest: signing must never bless a file nobody checked."""
-    manifest_bytes = (folder / MANIFEST_FILE).read_bytes()
-    manifest = Manifest.model_validate_json(manifest_bytes)
+class NotSigned(ValueError):
+    """A signing request that would vouch for something nobody checked."""
+
+
+def _signed_manifest(folder: Path, public_key_path: Path) -> tuple[Manifest, dict[str, Any]]:
+    """The manifest whose signature verifies and whose every artifact matches its signed
+    digest (nothing is unpickled), parsed and as the signed document."""
+    from .store import load_public_key
+
+    try:
+        verified = read_verified_manifest(folder, load_public_key(public_key_path))
+        verified.artifact("sklearn")
+        if verified.manifest.artifacts.onnx is not None:
+            verified.artifact("onnx")
+    except ModelRefused as exc:
+        raise NotSigned(f"{folder}: {exc.reason}") from None
+    return verified.manifest, orjson.loads(verified.raw)
+
+
+def _write_signed(folder: Path, document: dict[str, Any], private_key_path: Path) -> Manifest:
+    """Write a manifest and its signature (each replaced atomically)."""
+    private_key = load_private_key(private_key_path)
+    document["signing_key_id"] = key_id(private_key.public_key())
+    manifest_bytes = orjson.dumps(document, option=orjson.OPT_INDENT_2) + b"\n"
+    manifest = Manifest.model_validate_json(manifest_bytes)  # what the service will parse
+    write_public(folder / MANIFEST_FILE, manifest_bytes)
+    write_public(folder / SIGNATURE_FILE, sign_bytes(manifest_bytes, private_key))
+    return manifest
+
+
+def edit_manifest(
+    folder: Path,
+    private_key_path: Path,
+    public_key_path: Path,
+    *,
+    description: str | None = None,
+    class_names: list[str] | None = None,
+) -> Manifest:
+    """Change the fields an operator may edit (they describe the model to people and
+    change nothing that is loaded or answered) of a version whose signature verifies,
+    and sign the result: every other field stays exactly as it was signed."""
+    manifest, document = _signed_manifest(folder, public_key_path)
+    if class_names is not None and len(class_names) != len(manifest.classes):
+        raise ValueError(
+            f"the model has {len(manifest.classes)} classes; {len(class_names)} names given"
+        )
+    if description is not None:
+        document["description"] = description
+    if class_names is not None:
+        document["class_names"] = class_names
+    return _write_signed(folder, document, private_key_path)
+
+
+@dataclass(frozen=True)
+class Digest:
+    kind: str
+    file: str
+    sha256: str
+    bytes: int
+
+
+def sign_existing(
+    folder: Path, private_key_path: Path, public_key_path: Path, *, i_built_this: bool = False
+) -> list[Digest]:
+    """Sign a version only when that vouches for nothing new.
+
+    Without ``i_built_this``: the manifest's current signature must verify with the
+    public key and every artifact match its signed digest (then there is nothing to
+    sign and the files stay as they are);
+    anything else is refused, whatever the manifest on disk says about the artifacts,
+    since whoever could change an artifact could change that manifest too. Operator
+    fields change through ``edit_manifest``.
+
+    With ``i_built_this`` the operator vouches for the artifact files as they are: the
+    manifest's digests are rebuilt from them (nothing is unpickled) and signed; the
+    caller shows the digests so they can be compared with the build."""
+    if not i_built_this:
+        _signed_manifest(folder, public_key_path)
+        return []
+    try:
+        raw = _read_capped(folder / MANIFEST_FILE, MAX_MANIFEST_BYTES, "manifest")
+        manifest = Manifest.model_validate_json(raw)
+    except ModelRefused as exc:
+        raise NotSigned(f"{folder}: {exc.reason}") from None
+    except ValidationError as exc:
+        raise NotSigned(f"{folder / MANIFEST_FILE} does not follow the format: {exc}") from None
     if (manifest.name, manifest.version) != (folder.parent.name, folder.name):
-        raise ValueError(f"manifest is for {manifest.name}/{manifest.version}, not {folder}")
-    for spec in (manifest.artifacts.sklearn, manifest.artifacts.onnx):
+        raise NotSigned(f"manifest is for {manifest.name}/{manifest.version}, not {folder}")
+    document = orjson.loads(raw)
+    digests = []
+    for kind in ("sklearn", "onnx"):
+        spec = document["artifacts"].get(kind)
         if spec is None:
             continue
-        data = (folder / spec.file).read_bytes()
-        if sha256_hex(data) != spec.sha256 or len(data) != spec.bytes:
-            raise ValueError(f"{spec.file} does not match the manifest's digest; not signing")
-    private_key = load_private_key(private_key_path)
-    write_public(folder / SIGNATURE_FILE, sign_bytes(manifest_bytes, private_key))
+        try:
+            data = _read_capped(folder / spec["file"], MAX_ARTIFACT_BYTES, f"{kind} artifact")
+        except ModelRefused as exc:
+            raise NotSigned(f"{folder}: {exc.reason}") from None
+        spec["sha256"], spec["bytes"] = sha256_hex(data), len(data)
+        digests.append(Digest(kind, spec["file"], spec["sha256"], spec["bytes"]))
+    _write_signed(folder, document, private_key_path)
+    return digests
 
 
 def verify_folder(folder: Path, public_key_path: Path) -> str:
@@ -436,10 +527,13 @@ def verify_folder(folder: Path, public_key_path: Path) -> str:
 
 __all__ = [
     "DEMO_MODELS",
+    "Digest",
     "ModelRefused",
+    "NotSigned",
     "TrainingData",
     "build_demo",
     "convert_exact",
+    "edit_manifest",
     "next_version",
     "read_csv",
     "read_verified_manifest",
