@@ -88,6 +88,51 @@ def test_user_gets_user_scopes_and_scope_narrows(client: TestClient, make_user: 
     assert refused.status_code == 400
 
 
+def _audit_events(settings: AuthSettings, event: str) -> list[dict[str, Any]]:
+    path = settings.common.log_dir / "audit.jsonl"
+    lines = path.read_text().splitlines() if path.exists() else []
+    return [e for e in map(json.loads, lines) if e.get("audit") == event]
+
+
+@pytest.mark.parametrize("scope", ["zzz", "models:read zzz", "users:admin nope"])
+def test_an_unknown_scope_answers_alike_for_right_and_wrong_passwords(
+    client: TestClient, settings: AuthSettings, scope: str
+) -> None:
+    """An unknown scope name is refused before the password is checked: the right and a
+    wrong password get the same 400, neither spends a password verification (so neither
+    tells the other apart by time), and each refusal is audited."""
+    passwords = client.app.state.auth_service.passwords  # type: ignore[attr-defined]
+    before = passwords.verifications
+    right = login(client, "admin", ADMIN_PASSWORD, scope=scope)
+    wrong = login(client, "admin", "not-the-admin-password", scope=scope)
+    unknown_user = login(client, "nobody", "not-the-admin-password", scope=scope)
+    assert right.status_code == wrong.status_code == unknown_user.status_code == 400
+    assert right.json() == wrong.json() == unknown_user.json()
+    assert right.json()["detail"].startswith("invalid scope")
+    assert passwords.verifications == before
+    refused = _audit_events(settings, "login_refused")
+    assert len(refused) == 3
+    assert {e["reason"] for e in refused} == {"invalid_scope"}
+    assert all(e["client_ip"] for e in refused)
+    # The right password still signs in without the unknown name.
+    assert login(client, "admin", ADMIN_PASSWORD).status_code == 200
+
+
+def test_a_scope_the_role_lacks_is_audited_like_a_sign_in(
+    client: TestClient, settings: AuthSettings, make_user: Any
+) -> None:
+    """Known scopes the role does not have: only the right password learns this (400), and
+    that answer leaves an audit line with the user name, as a successful sign-in does; a
+    wrong password is an ordinary 401 failure."""
+    make_user("alice")
+    refused = login(client, "alice", USER_PASSWORD, scope="users:admin")
+    assert refused.status_code == 400
+    assert login(client, "alice", "not-the-right-password", scope="users:admin").status_code == 401
+    events = _audit_events(settings, "login_refused")
+    assert [(e["user"], e["reason"]) for e in events] == [("alice", "scope_not_granted")]
+    assert [e["reason"] for e in _audit_events(settings, "login_failed")] == ["bad_password"]
+
+
 def test_narrowed_token_is_refused_where_a_missing_scope_is_needed(
     client: TestClient,
 ) -> None:

@@ -91,6 +91,15 @@ def scopes_for_role(role: str) -> tuple[str, ...]:
     return ADMIN_SCOPES if role == "admin" else USER_SCOPES
 
 
+KNOWN_SCOPES = frozenset(ADMIN_SCOPES)  # every scope any role has
+
+
+def unknown_scopes(requested: str) -> list[str]:
+    """The requested scope names that no role has (what makes a request malformed
+    whoever asks and whatever the password)."""
+    return sorted(set(requested.split()) - KNOWN_SCOPES)
+
+
 def narrow_scope(role: str, requested: str) -> str:
     """The scopes a token gets: those of the role, narrowed to the requested ones
     (unknown or unallowed names are left out; nothing left is an error)."""
@@ -393,6 +402,19 @@ class AuthService:
 
     # -- tokens ----------------------------------------------------------------------
     def login(self, username: str, password: str, scope: str, client_ip: str | None) -> TokenPair:
+        # Unknown scope names are refused before the user or the password is looked at:
+        # the answer is the same whatever the password, so it tells nothing about it.
+        unknown = unknown_scopes(scope)
+        if unknown:
+            audit(
+                "login_refused",
+                user=username[:64],
+                reason="invalid_scope",
+                scope=" ".join(unknown)[:128],
+                client_ip=client_ip,
+            )
+            LOGINS.labels("invalid_scope").inc()
+            raise BadRequest("invalid scope: " + " ".join(unknown)[:128])
         with self.sessions() as session:
             user = self._user(session, username)
         if user is None:
@@ -406,7 +428,14 @@ class AuthService:
             audit("login_failed", user=username, reason=reason, client_ip=client_ip)
             LOGINS.labels(reason).inc()
             raise InvalidCredentials()
-        granted = narrow_scope(user.role, scope)
+        try:
+            granted = narrow_scope(user.role, scope)
+        except BadRequest:
+            # Known scopes the role lacks: only the right password gets here, and it is
+            # audited like a sign-in, so it is no quieter a test of a password than a 200.
+            audit("login_refused", user=username, reason="scope_not_granted", client_ip=client_ip)
+            LOGINS.labels("scope_not_granted").inc()
+            raise
         now = int(time.time())
         with self.sessions.begin() as session:
             current = session.get(User, user.id)
