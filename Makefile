@@ -57,16 +57,38 @@ system-deps: ## Install what the native stack runs: nginx, Redis (apt, when root
 test-deps: ## The stack's packages and the tests': PostgreSQL, Chromium, certutil
 	@deploy/system-deps.sh test
 
+# Swagger UI's release files for /docs (MG_PUBLIC_DOCS=1): swagger-ui-dist from the npm
+# registry, its hash pinned in nginx/docs/package-lock.json and checked by npm ci; install
+# scripts off. Not committed: installed into build/ when needed.
+DOCS_UI_DIR := $(CURDIR)/build/docs-ui
+DOCS_UI_STAMP := $(DOCS_UI_DIR)/.installed
+export MG_SWAGGER_UI_DIR ?= $(DOCS_UI_DIR)/node_modules/swagger-ui-dist
+DOCS_ON := $(filter 1 true yes on,$(shell echo '$(MG_PUBLIC_DOCS)' | tr A-Z a-z))
+
+$(DOCS_UI_STAMP): nginx/docs/package.json nginx/docs/package-lock.json
+	@deploy/system-deps.sh docs
+	rm -rf $(DOCS_UI_DIR) && mkdir -p $(DOCS_UI_DIR)
+	cp nginx/docs/package.json nginx/docs/package-lock.json $(DOCS_UI_DIR)/
+	cd $(DOCS_UI_DIR) && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
+	@touch $@
+
+.PHONY: docs-ui
+docs-ui: $(DOCS_UI_STAMP) ## Install Swagger UI's files for /docs (npm ci, hash-pinned)
+
 .PHONY: init
 init: venv ## Create missing certificates, secrets and demo models
 	$(MG_VENV)/bin/modelgate init
 
 .PHONY: run
-run: venv system-deps ## Run the whole stack in the foreground (Ctrl-C stops it)
+run: venv system-deps $(if $(DOCS_ON),docs-ui) ## Run the whole stack in the foreground (Ctrl-C stops it)
 	@deploy/stack.sh run
 
+.PHONY: dev
+dev: venv system-deps docs-ui ## `make run` with the development profile (deploy/dev.env): Swagger UI at /docs
+	@set -a && . deploy/dev.env && set +a && deploy/stack.sh run
+
 .PHONY: up
-up: venv system-deps ## Start the stack in the background; returns once it is ready
+up: venv system-deps $(if $(DOCS_ON),docs-ui) ## Start the stack in the background; returns once it is ready
 	@deploy/stack.sh up
 
 .PHONY: down
@@ -93,7 +115,7 @@ test-unit: venv test-deps ## In-process unit tests only (no stack)
 	$(PYTEST) -m "not stack"
 
 .PHONY: test
-test: venv sslyze-venv test-deps ## Every test: unit, then integration/security/faults against a fresh native stack
+test: venv sslyze-venv test-deps docs-ui ## Every test: unit, then integration/security/faults against a fresh native stack
 	$(PYTEST) -m "not stack"
 	@deploy/with-stack.sh $(PYTEST) -m "stack and not compose and not swarm"
 
@@ -131,7 +153,7 @@ bench-smoke: bench-deps ## A short benchmark (seed, ceiling, full stack; 3 s run
 	@$(PY) bench/run.py --smoke --only seed,ceiling,full --users 8
 
 .PHONY: bench-up
-bench-up: venv system-deps ## Start the native stack with the benchmark profile (limits raised, still checked)
+bench-up: venv system-deps $(if $(DOCS_ON),docs-ui) ## Start the native stack with the benchmark profile (limits raised, still checked)
 	@set -a && . bench/profile.env && set +a && deploy/stack.sh up
 
 .PHONY: lock

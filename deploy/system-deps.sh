@@ -4,6 +4,7 @@
 #   stack: what the native stack runs (nginx, Redis): make run, make up
 #   test:  the stack's, PostgreSQL (the auth tests start a throwaway cluster), Chromium and
 #          certutil (the browser test of the API docs): make test
+#   docs:  npm, which installs Swagger UI's files for /docs: make docs-ui
 set -euo pipefail
 
 missing=()
@@ -25,8 +26,11 @@ test)
     need libnss3-tools has certutil
     ;;
 stack) ;;
+docs)
+    need npm has npm
+    ;;
 *)
-    echo "usage: system-deps.sh stack|test" >&2; exit 2
+    echo "usage: system-deps.sh stack|test|docs" >&2; exit 2
     ;;
 esac
 

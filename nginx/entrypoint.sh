@@ -25,6 +25,7 @@ set -eu
 : "${MG_NGINX_UPSTREAMS:=static}"
 : "${MG_NGINX_RESOLVER:=127.0.0.11}"
 : "${MG_NGINX_RESOLVER_VALID:=5s}"
+: "${MG_DOCS_DIR:=/etc/modelgate/docs}"
 : "${MG_AUTH_UPSTREAM:=auth:8000}"
 : "${MG_INFERENCE_UPSTREAM:=inference:8000}"
 : "${MG_CRYPTO_UPSTREAM:=crypto:8000}"
@@ -33,7 +34,27 @@ export MG_NGINX_WORKERS MG_NGINX_CONF_DIR MG_NGINX_RUN_DIR MG_NGINX_ERROR_LOG \
     MG_NGINX_CONN_PER_IP MG_NGINX_LOGIN_RATE MG_NGINX_LOGIN_BURST MG_CERTS_DIR \
     MG_HTTPS_LISTEN MG_HTTP_LISTEN MG_HTTPS_PORT MG_AUTH_UPSTREAM MG_INFERENCE_UPSTREAM \
     MG_CRYPTO_UPSTREAM \
-    MG_NGINX_UPSTREAMS MG_NGINX_RESOLVER MG_NGINX_RESOLVER_VALID
+    MG_NGINX_UPSTREAMS MG_NGINX_RESOLVER MG_NGINX_RESOLVER_VALID MG_DOCS_DIR
+
+# /docs and /openapi.json (MG_PUBLIC_DOCS, off by default): the files come from
+# `modelgate docs --out DIR` (the CLI image), mounted at MG_DOCS_DIR.
+case "$(printf '%s' "${MG_PUBLIC_DOCS:-}" | tr '[:upper:]' '[:lower:]')" in
+1 | true | yes | on)
+    MG_NGINX_DOCS=on
+    for file in openapi.json ui/index.html ui/swagger-ui-bundle.js; do
+        [ -f "$MG_DOCS_DIR/$file" ] || {
+            echo "modelgate-nginx: MG_PUBLIC_DOCS is on but $MG_DOCS_DIR/$file is missing" >&2
+            exit 1
+        }
+    done
+    ;;
+'' | 0 | false | no | off) MG_NGINX_DOCS=off ;;
+*)
+    echo "modelgate-nginx: MG_PUBLIC_DOCS must be 1 or 0, not '$MG_PUBLIC_DOCS'" >&2
+    exit 1
+    ;;
+esac
+export MG_NGINX_DOCS
 
 src=/etc/modelgate/nginx
 conf="$MG_NGINX_CONF_DIR"

@@ -84,6 +84,8 @@ def test_the_nginx_image_has_a_default_for_every_template_placeholder() -> None:
         used |= set(re.findall(r"\$\{(MG_[A-Z0-9_]+)\}", template.read_text()))
     entrypoint = (root / "nginx" / "entrypoint.sh").read_text()
     defaulted = set(re.findall(r'^: "\$\{(MG_[A-Z0-9_]+):=', entrypoint, re.MULTILINE))
+    # Or set by the script from another setting (MG_NGINX_DOCS from MG_PUBLIC_DOCS).
+    defaulted |= set(re.findall(r"^\s*(?:[^#\n]*\)\s*)?(MG_[A-Z0-9_]+)=", entrypoint, re.M))
     exported = set(re.findall(r"MG_[A-Z0-9_]+", entrypoint[entrypoint.index("export ") :]))
     assert used - defaulted == set()
     assert defaulted - exported == set()

@@ -12,6 +12,7 @@ import re
 import shutil
 from pathlib import Path
 
+from ._docs import build_docs, public_docs_enabled
 from ._paths import ProjectPaths
 
 _PLACEHOLDER = re.compile(r"\$\{(MG_[A-Z0-9_]+)\}")
@@ -43,8 +44,13 @@ def nginx_values(paths: ProjectPaths, env: dict[str, str] | None = None) -> dict
         "MG_AUTH_PORT": "8101",
         "MG_INFERENCE_PORT": "8102",
         "MG_CRYPTO_PORT": "8103",
+        "MG_DOCS_DIR": str(paths.var / "docs"),
+        "MG_SWAGGER_UI_DIR": str(
+            paths.root / "build" / "docs-ui" / "node_modules" / "swagger-ui-dist"
+        ),
     }
     values.update({k: v for k, v in env.items() if k.startswith("MG_")})
+    values["MG_NGINX_DOCS"] = "on" if public_docs_enabled(values) else "off"
     host = values["MG_BIND_ADDRESS"]
     values.setdefault("MG_HTTPS_LISTEN", f"{host}:{values['MG_HTTPS_PORT']}")
     values.setdefault("MG_HTTP_LISTEN", f"{host}:{values['MG_HTTP_PORT']}")
@@ -75,4 +81,8 @@ def render_nginx(paths: ProjectPaths, source: Path | None = None) -> Path:
     for snippet in sorted((source / "snippets").glob("*.conf")):
         (out / "snippets" / snippet.name).write_text(render_text(snippet.read_text(), values))
     shutil.copyfile(source / "ffdhe2048.pem", out / "ffdhe2048.pem")
+    if values["MG_NGINX_DOCS"] == "on":
+        build_docs(
+            Path(values["MG_DOCS_DIR"]), ui_dir=Path(values["MG_SWAGGER_UI_DIR"]), nginx_dir=source
+        )
     return out / "nginx.conf"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import typer
 from modelgate_common._logging import AUDIT_LOGGER, JsonFormatter, configure_audit
@@ -11,9 +12,10 @@ from . import keys, models
 from ._auth import user_app
 from ._configref import configuration_reference
 from ._db import db_app
+from ._docs import DocsError, build_docs
 from ._init import run_init
 from ._paths import ProjectPaths
-from ._render import render_nginx
+from ._render import nginx_values, render_nginx
 from ._status import preflight_problems, stack_status, wait_ready
 
 app = typer.Typer(
@@ -49,8 +51,39 @@ def init() -> None:
 
 @app.command("render-nginx")
 def render_nginx_command() -> None:
-    """Write nginx's configuration for the native stack into var/nginx from nginx/."""
-    typer.echo(render_nginx(ProjectPaths.from_env()))
+    """Write nginx's configuration for the native stack into var/nginx from nginx/
+    (and, when MG_PUBLIC_DOCS is on, the files of /docs into var/docs)."""
+    typer.echo(_render_nginx(ProjectPaths.from_env()))
+
+
+def _render_nginx(paths: ProjectPaths) -> Path:
+    try:
+        return render_nginx(paths)
+    except DocsError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+
+
+@app.command()
+def docs(
+    out: Path = typer.Option(None, help="folder to write; default MG_DOCS_DIR or var/docs"),
+    ui: Path = typer.Option(None, help="Swagger UI's files; default MG_SWAGGER_UI_DIR"),
+) -> None:
+    """Write what nginx serves at /docs and /openapi.json when MG_PUBLIC_DOCS is on: the
+    gateway's OpenAPI document (every service route nginx passes on) and Swagger UI.
+    `make run`/`make up` do this themselves; this is for an nginx elsewhere (compose)."""
+    paths = ProjectPaths.from_env()
+    try:
+        values = nginx_values(paths)
+        written = build_docs(
+            out or Path(values["MG_DOCS_DIR"]),
+            ui_dir=ui or Path(values["MG_SWAGGER_UI_DIR"]),
+            nginx_dir=paths.root / "nginx",
+        )
+    except DocsError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(written)
 
 
 @app.command()
@@ -81,7 +114,7 @@ def prepare() -> None:
     """Everything a native start needs, in one process: init, render nginx's
     configuration, preflight (what `make run` and `make up` call)."""
     init()
-    render_nginx(ProjectPaths.from_env())
+    _render_nginx(ProjectPaths.from_env())
     preflight()
 
 
