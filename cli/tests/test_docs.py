@@ -41,15 +41,17 @@ def test_edge_routes_follow_nginx_choice() -> None:
 
 def test_edge_routes_longest_prefix_and_exact_first() -> None:
     template = """
-        location /a/ { proxy_pass http://$one_backend; include ${MG_X}/p.conf; }
-        location /a/b/ { proxy_pass http://$two_backend; }
-        location = /a/x { proxy_pass http://$three_backend; }
+        location /a/ { proxy_pass http://$auth_backend; include ${MG_X}/p.conf; }
+        location /a/b/ { proxy_pass http://crypto_upstream; }
+        location = /a/x { proxy_pass http://$inference_backend; }
+        location /z/ { proxy_pass http://elsewhere; }
         location / { return 404; }
     """
     edge = EdgeRoutes.from_template(template)
-    assert edge.service_of("/a/q") == "one"
-    assert edge.service_of("/a/b/q") == "two"
-    assert edge.service_of("/a/x") == "three"
+    assert edge.service_of("/a/q") == "auth"
+    assert edge.service_of("/a/b/q") == "crypto"
+    assert edge.service_of("/a/x") == "inference"
+    assert edge.service_of("/z/q") is None
     assert edge.service_of("/b") is None
 
 

@@ -29,7 +29,9 @@ PAGE_FILES = ("index.html", "swagger-initializer.js")
 
 # A location block: its modifier, its path and its body (which holds ${MG_*} placeholders).
 _LOCATION = re.compile(r"location\s+(=\s+)?(/\S*)\s*\{((?:[^{}]|\$\{MG_\w+\})*)\}")
-_BACKEND = re.compile(r"proxy_pass\s+http://\$(\w+)_backend\s*;")
+# The service a location passes to: its upstream (or the variable holding it) is named
+# after it: $auth_backend, auth_upstream.
+_BACKEND = re.compile(r"proxy_pass\s+https?://\$?([a-z]+)")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"", "0", "false", "no", "off"}
 
@@ -61,7 +63,7 @@ class EdgeRoutes:
         prefixes: dict[str, str] = {}
         for match in _LOCATION.finditer(template):
             backend = _BACKEND.search(match.group(3))
-            if backend is None:
+            if backend is None or backend.group(1) not in SERVICES:
                 continue
             (exact if match.group(1) else prefixes)[match.group(2)] = backend.group(1)
         if not exact and not prefixes:
