@@ -134,7 +134,7 @@ def test_copy_keeps_every_row_and_the_target_serves(
     with TestClient(create_app(_settings(project, redis_server, target_url))) as client:
         assert login(client, "alice", USER_PASSWORD).status_code == 200  # argon2 hash intact
         admin = login(client, "admin", ADMIN_PASSWORD).json()["access_token"]
-        assert login(client, "carol", USER_PASSWORD).status_code == 401  # still disabled
+        assert login(client, "carol", USER_PASSWORD).status_code == 400  # still disabled
         refreshed = client.post(
             "/auth/refresh", json={"refresh_token": tokens["alice"]["refresh_token"]}
         )

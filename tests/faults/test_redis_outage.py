@@ -78,7 +78,7 @@ def test_redis_outage_follows_the_policy_and_shared_counting_resumes(
         Call(
             "POST",
             "/auth/token",
-            frozenset({401, 429, 503}),
+            frozenset({400, 429, 503}),
             idempotent=False,
             kwargs={"data": {"username": "rl-nobody", "password": "wrong"}},
         ),

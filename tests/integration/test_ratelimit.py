@@ -74,7 +74,7 @@ def test_thirty_concurrent_wrong_passwords_exactly_five_reach_the_password_check
     name = f"rl-{secrets.token_hex(5)}"
     with make_client(base_url, ca_file, fresh_source_ip()) as client:
         responses = concurrently(lambda _: wrong_login(client, name), 30)
-    assert Counter(r.status_code for r in responses) == {401: 5, 429: 25}
+    assert Counter(r.status_code for r in responses) == {400: 5, 429: 25}
     for response in responses:
         if response.status_code == 429:
             assert_refused(response)
@@ -94,7 +94,7 @@ def test_forged_forwarded_for_does_not_change_the_bucket(
                 client, f"rl-{i}", **{"X-Forwarded-For": forged, "X-Real-IP": forged}
             )
             statuses.append(response.status_code)
-    assert statuses == [401] * 5 + [429] * 3
+    assert statuses == [400] * 5 + [429] * 3
 
 
 @pytest.mark.native  # per-address sign-in limit (raised on compose: one client address)
@@ -108,7 +108,7 @@ def test_distinct_source_addresses_have_distinct_buckets(
         for c in clients:
             c.close()
     # Interleaved: each address spends its own five, whatever the others did.
-    assert rounds == [[401, 401, 401]] * 5 + [[429, 429, 429]]
+    assert rounds == [[400, 400, 400]] * 5 + [[429, 429, 429]]
 
 
 @pytest.mark.native  # per-address sign-in limit (raised on compose: one client address)

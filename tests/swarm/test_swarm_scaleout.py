@@ -73,7 +73,7 @@ def test_sign_in_failure_limit_is_exact_across_auth_replicas(
 
     with make_client(base_url, ca_file) as client:
         statuses = [sign_in("wrong password") for _ in range(103)]
-        assert statuses[:100] == [401] * 100 and statuses[100:] == [429] * 3, statuses
+        assert statuses[:100] == [400] * 100 and statuses[100:] == [429] * 3, statuses
         # Locked out even with the right password: failures are counted before the check.
         assert sign_in(user["password"]) == 429
     assert len(swarm_stack.nginx_upstreams(tag["User-Agent"], 104)) == 2

@@ -103,7 +103,7 @@ def test_admin_manages_users(client: TestClient, admin_token: str) -> None:
     assert client.delete("/auth/users/carol", headers=headers).status_code == 204
     assert client.get("/auth/users/carol", headers=headers).status_code == 404
     assert client.delete("/auth/users/carol", headers=headers).status_code == 404
-    assert login(client, "carol", USER_PASSWORD).status_code == 401
+    assert login(client, "carol", USER_PASSWORD).status_code == 400
 
 
 def test_duplicate_user_is_409(client: TestClient, make_user: Any, admin_token: str) -> None:
@@ -139,7 +139,7 @@ def test_user_role_on_admin_routes_is_403(
     assert response.status_code == 403
     # Nothing changed.
     assert login(client, "admin", ADMIN_PASSWORD).status_code == 200
-    assert login(client, "mallory", USER_PASSWORD).status_code == 401
+    assert login(client, "mallory", USER_PASSWORD).status_code == 400
 
 
 def test_admin_routes_without_a_token_are_401(client: TestClient) -> None:
@@ -173,7 +173,7 @@ def test_user_changes_own_full_name_and_password(
     assert client.patch("/auth/users/me", json=change, headers=headers).status_code == 200
     # A new password ends every session, this one too.
     assert client.get("/auth/users/me", headers=headers).status_code == 401
-    assert login(client, "alice", USER_PASSWORD).status_code == 401
+    assert login(client, "alice", USER_PASSWORD).status_code == 400
     assert login(client, "alice", new_password).status_code == 200
 
 
@@ -283,7 +283,7 @@ def test_disabling_a_user_revokes_their_tokens(
     assert client.get("/auth/users/me", headers=bearer(access)).status_code == 200
     client.patch("/auth/users/alice", json={"disabled": True}, headers=bearer(admin_token))
     assert client.get("/auth/users/me", headers=bearer(access)).status_code == 401
-    assert login(client, "alice", USER_PASSWORD).status_code == 401
+    assert login(client, "alice", USER_PASSWORD).status_code == 400
     # Enabled again: a new login works, old tokens stay revoked.
     client.patch("/auth/users/alice", json={"disabled": False}, headers=bearer(admin_token))
     fresh = login(client, "alice", USER_PASSWORD)

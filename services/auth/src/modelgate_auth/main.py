@@ -23,6 +23,7 @@ from sqlalchemy import text
 from .config import AuthSettings
 from .db import create_db_engine, make_session_factory, upgrade_schema
 from .keys import KeyStore, Signer
+from .oauth import OAuthError, oauth_error_handler
 from .passwords import Passwords
 from .revocation import RevocationPublisher
 from .routes import router
@@ -90,6 +91,7 @@ def create_app(settings: AuthSettings | None = None) -> FastAPI:
     app = create_service_app(
         title="modelgate auth", settings=settings.common, lifespan=lifespan, routers=[router]
     )
+    app.add_exception_handler(OAuthError, oauth_error_handler)
     app.state.settings = settings
     return app
 

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Annotated, Any, TypeVar
 
 import anyio
-from fastapi import APIRouter, Depends, Form, Query, Request, Response, Security, status
+from fastapi import APIRouter, Depends, Query, Request, Response, Security, status
 from modelgate_common import (
     Forbidden,
     NotFound,
@@ -20,12 +20,24 @@ from modelgate_common import (
     Unauthorized,
     authenticate,
     error_responses,
-    login_rate_limit,
 )
 from slowapi.util import get_remote_address
 
 from .db import User
 from .keys import KeyStore
+from .oauth import (
+    INVALID_GRANT,
+    INVALID_SCOPE,
+    UNSUPPORTED_GRANT_TYPE,
+    ClientCredentials,
+    FormField,
+    OAuthError,
+    client_credentials,
+    form_schema,
+    invalid_client,
+    read_form,
+    require,
+)
 from .revocation import RevocationPublisher
 from .schemas import (
     PASSWORD_MAX,
@@ -38,15 +50,13 @@ from .schemas import (
     UserOut,
     UserUpdate,
 )
-from .service import AuthService, RefreshRejected, TokenPair
+from .service import AuthService, InvalidCredentials, InvalidScope, RefreshRejected, TokenPair
 
 router = APIRouter()
 
 T = TypeVar("T")
 
 CurrentPrincipal = Annotated[Principal, Security(authenticate)]
-# Client IP and user-name failure budgets, spent before the password check (429/503).
-SignInLimited = Annotated[None, Depends(login_rate_limit)]
 
 
 async def _admin(
@@ -111,32 +121,101 @@ def _token_response(pair: TokenPair, response: Response) -> TokenResponse:
 
 
 # -- tokens ---------------------------------------------------------------------------
+TOKEN_FORM = (
+    FormField("grant_type", 64, "password (the default), refresh_token or client_credentials"),
+    FormField("username", 256, "password grant: the user name"),
+    FormField("password", PASSWORD_MAX, "password grant: the password"),
+    FormField("refresh_token", 256, "refresh_token grant: the refresh token"),
+    FormField(
+        "scope",
+        SCOPE_MAX,
+        "space-separated scopes: fewer than the role (password grant), the session "
+        "(refresh_token) or the client (client_credentials) has",
+    ),
+    FormField("client_id", 256, "client_secret_post: the client's id"),
+    FormField("client_secret", 256, "client_secret_post: the client's secret"),
+)
+
+
 @router.post(
     "/auth/token",
     response_model=TokenResponse,
-    responses=error_responses(400, 401, 422, 429, 503),
+    response_model_exclude_none=True,
+    responses=error_responses(400, 401, 429, 503),
     tags=["tokens"],
-    summary="OAuth2 password grant",
+    summary="OAuth2 token endpoint",
+    openapi_extra=form_schema(TOKEN_FORM),
 )
-@router.post("/token", response_model=TokenResponse, include_in_schema=False)
-async def token(
-    request: Request,
-    response: Response,
-    _: SignInLimited,
-    service: Service,
-    username: Annotated[str, Form(min_length=1, max_length=256)],
-    password: Annotated[str, Form(min_length=1, max_length=PASSWORD_MAX)],
-    grant_type: Annotated[str | None, Form(pattern="^password$")] = None,
-    scope: Annotated[str, Form(max_length=SCOPE_MAX, pattern=r"^[a-z:_ ]*$")] = "",
-    client_id: Annotated[str | None, Form(max_length=256)] = None,
-    client_secret: Annotated[str | None, Form(max_length=256)] = None,
-) -> TokenResponse:
-    """Exchange a user name and password for an access token and a refresh token.
-    ``scope`` (space-separated) narrows the token to fewer scopes than the role has."""
-    pair = await _run_hashing(
-        request, service.login, username, password, scope, _client_ip(request)
-    )
+@router.post(
+    "/token",
+    response_model=TokenResponse,
+    response_model_exclude_none=True,
+    include_in_schema=False,
+)
+async def token(request: Request, response: Response, service: Service) -> TokenResponse:
+    """RFC 6749 token endpoint. ``grant_type=password`` (the default when left out)
+    exchanges a user name and password for an access and a refresh token;
+    ``refresh_token`` rotates a refresh token (the presented one is spent; presenting a
+    spent one revokes its whole session). Errors carry ``error`` and
+    ``error_description`` (RFC 6749 §5.2) beside ``detail``."""
+    form = await read_form(request, TOKEN_FORM)
+    grant = form.get("grant_type", "password")
+    client = client_credentials(request, form)
+    if grant == "password":
+        pair = await _password_grant(request, service, form, client)
+    elif grant == "refresh_token":
+        pair = await _refresh_grant(request, service, form, client)
+    else:
+        raise OAuthError(UNSUPPORTED_GRANT_TYPE, "grant_type must be password or refresh_token")
     return _token_response(pair, response)
+
+
+def _public_client_only(client: ClientCredentials | None) -> None:
+    """User grants are for public clients: a client id alone is accepted (and carries
+    no privilege); a client secret must name a registered client."""
+    if client is not None and client.secret is not None:
+        raise invalid_client("unknown client or wrong secret", client.basic)
+
+
+async def _password_grant(
+    request: Request, service: AuthService, form: dict[str, str], client: ClientCredentials | None
+) -> TokenPair:
+    username = form.get("username", "")
+    limiter: SharedRateLimiter = request.app.state.ratelimiter
+    # The client IP's and the user name's budgets, spent before any password check.
+    await limiter.check_login(get_remote_address(request), username)
+    require(form, "username", "password")
+    _public_client_only(client)
+    try:
+        return await _run_hashing(
+            request,
+            service.login,
+            username,
+            form["password"],
+            form.get("scope", ""),
+            _client_ip(request),
+        )
+    except InvalidCredentials as exc:
+        await limiter.record_login_failure(username)
+        raise OAuthError(INVALID_GRANT, exc.message) from None
+    except InvalidScope as exc:
+        raise OAuthError(INVALID_SCOPE, exc.message) from None
+
+
+async def _refresh_grant(
+    request: Request, service: AuthService, form: dict[str, str], client: ClientCredentials | None
+) -> TokenPair:
+    require(form, "refresh_token")
+    _public_client_only(client)
+    try:
+        return await _run(
+            request, service.refresh, form["refresh_token"], _client_ip(request), form.get("scope")
+        )
+    except RefreshRejected as exc:
+        await _push(request, exc.revocations)
+        raise OAuthError(INVALID_GRANT, exc.message) from None
+    except InvalidScope as exc:
+        raise OAuthError(INVALID_SCOPE, exc.message) from None
 
 
 @router.post(
@@ -149,7 +228,8 @@ async def refresh(
     request: Request, response: Response, service: Service, body: RefreshRequest
 ) -> TokenResponse:
     """A new token pair for a refresh token; the presented one is spent. Presenting a
-    spent one revokes every token of its family."""
+    spent one revokes every token of its family. The same as ``grant_type=refresh_token``
+    at ``/auth/token``, with a JSON body and ``{"detail": …}`` errors."""
     try:
         pair = await _run(request, service.refresh, body.refresh_token, _client_ip(request))
     except RefreshRejected as exc:

@@ -129,7 +129,8 @@ class TokenResponse(BaseModel):
     access_token: str
     token_type: Literal["bearer"] = "bearer"  # noqa: S105 (a token type, not a secret)
     expires_in: int
-    refresh_token: str
+    # None (left out of the answer) for client_credentials: RFC 6749 §4.4.3.
+    refresh_token: str | None = None
     scope: str
 
 

@@ -59,6 +59,10 @@ class InvalidCredentials(Unauthorized):
         super().__init__(BAD_CREDENTIALS, error="")
 
 
+class InvalidScope(BadRequest):
+    """A requested scope that cannot be granted (RFC 6749 ``invalid_scope``)."""
+
+
 class RefreshRejected(Unauthorized):
     def __init__(self, revocations: Sequence[PendingRevocation] = ()) -> None:
         super().__init__(BAD_REFRESH, error="")
@@ -68,7 +72,7 @@ class RefreshRejected(Unauthorized):
 @dataclass(frozen=True, slots=True)
 class TokenPair:
     access_token: str
-    refresh_token: str
+    refresh_token: str | None
     expires_in: int
     scope: str
     subject: str
@@ -107,8 +111,18 @@ def narrow_scope(role: str, requested: str) -> str:
     wanted = set(requested.split())
     granted = [s for s in allowed if not wanted or s in wanted]
     if not granted:
-        raise BadRequest("invalid scope: none of the requested scopes can be granted")
+        raise InvalidScope("invalid scope: none of the requested scopes can be granted")
     return " ".join(granted)
+
+
+def subset_scope(granted: str, requested: str | None) -> str:
+    """RFC 6749 §6: a refresh may ask for fewer scopes than the session has, never more."""
+    if not requested:
+        return granted
+    have, wanted = granted.split(), set(requested.split())
+    if not wanted <= set(have):
+        raise InvalidScope("invalid scope: more than the session was granted")
+    return " ".join(s for s in have if s in wanted)
 
 
 class AuthService:
@@ -414,7 +428,7 @@ class AuthService:
                 client_ip=client_ip,
             )
             LOGINS.labels("invalid_scope").inc()
-            raise BadRequest("invalid scope: " + " ".join(unknown)[:128])
+            raise InvalidScope("invalid scope: " + " ".join(unknown)[:128])
         with self.sessions() as session:
             user = self._user(session, username)
         if user is None:
@@ -452,7 +466,9 @@ class AuthService:
         LOGINS.labels("success").inc()
         return pair
 
-    def refresh(self, refresh_token: str, client_ip: str | None) -> TokenPair:
+    def refresh(
+        self, refresh_token: str, client_ip: str | None, scope: str | None = None
+    ) -> TokenPair:
         token_hash = hash_refresh_token(refresh_token)
         now = int(time.time())
         revocations: list[PendingRevocation] = []
@@ -474,7 +490,7 @@ class AuthService:
                 reuse = False
                 if family.revoked_at is not None or row.expires_at <= now or user.disabled:
                     raise RefreshRejected()
-                granted = narrow_scope(user.role, family.scope)
+                granted = subset_scope(narrow_scope(user.role, family.scope), scope)
                 row.used_at = now
                 pair = self._issue(session, user, family.id, granted, now)
         if reuse:
