@@ -59,6 +59,20 @@ class RedisServer:
                 time.sleep(0.02)
         pytest.fail("redis-server did not start")
 
+    def add_users(self, acl: str) -> None:
+        """Create the ACL users of ``acl`` (an ACL file as `modelgate init` writes it); the
+        default user stays open, so a test's own client needs no password."""
+        import redis
+
+        client = redis.Redis(port=self.port)
+        try:
+            for line in acl.splitlines():
+                words = line.split()
+                if words and words[0] == "user" and words[1] != "default":
+                    client.execute_command("ACL", "SETUSER", *words[1:])
+        finally:
+            client.close()
+
     def stop(self) -> None:
         if self.process is not None:
             self.process.terminate()

@@ -4,9 +4,11 @@ Drives the ASGI app directly (real Redis for the revocation check, real token
 verification, audit to a file) and reports the single-row latency of each
 endpoint shape and the rows/s of the batch endpoint.
 
-    MG_REDIS_URL=redis://127.0.0.1:6391/0 .venv/bin/python bench/inprocess_inference.py
+    redis-server --port 6399 --save '' &
+    MG_REDIS_URL=redis://127.0.0.1:6399/0 .venv/bin/python bench/inprocess_inference.py
 
-Needs a Redis at MG_REDIS_URL; builds the demo models in a temporary folder.
+Needs a Redis without ACL users at MG_REDIS_URL (the stack's own lets in only its
+services); builds the demo models in a temporary folder.
 BENCH_NO_LIMITS=1 leaves out the rate-limit checks; BENCH_N sets the request count;
 BENCH_LOGS=1 keeps the service's log lines (access and audit, as a worker writes them:
 stderr goes to a file in the temporary folder) instead of switching logging off.

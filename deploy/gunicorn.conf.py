@@ -10,6 +10,13 @@ _service = os.environ["MG_SERVICE"]
 _port = os.environ.get(f"MG_{_service.upper()}_PORT", "8000")
 
 bind = [f"{os.environ.get('MG_SERVICE_BIND', '127.0.0.1')}:{_port}"]
+# The native stack adds a Unix socket in a folder only its user may enter (0700): nginx
+# proxies there, and only there are nginx's X-Forwarded-For headers believed (see
+# modelgate_common._worker). The TCP port serves health checks and metrics; a client on
+# it is known by its own address, whatever headers it sends.
+_socket_dir = os.environ.get("MG_SOCKET_DIR")
+if _socket_dir:
+    bind.append(f"unix:{_socket_dir}/{_service}.sock")
 workers = int(os.environ.get("MG_WORKERS", "2"))
 # Drains keep-alive connections before stopping (see modelgate_common._worker).
 worker_class = "modelgate_common.DrainingUvicornWorker"
@@ -20,8 +27,10 @@ preload_app = True
 # gunicorn's control socket (gunicornc) is unused here, and its default path is one per
 # user (~/.gunicorn/gunicorn.ctl), which every stack of that user would fight over.
 control_socket_disable = True
-# Only nginx may tell us the client address; never "*".
-forwarded_allow_ips = os.environ.get("MG_FORWARDED_ALLOW_IPS", "127.0.0.1")
+# TCP peers whose X-Forwarded-For is believed: nginx's address (compose), its subnet (Swarm)
+# or its pods' network (Kubernetes); never "*". Unset (the native stack): none, nginx comes
+# through the Unix socket instead.
+forwarded_allow_ips = os.environ.get("MG_FORWARDED_ALLOW_IPS", "")
 proxy_allow_ips = forwarded_allow_ips
 # Longer than nginx's upstream keepalive, so nginx closes idle connections first.
 keepalive = 75

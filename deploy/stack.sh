@@ -10,6 +10,15 @@ MODELGATE="$MG_VENV/bin/modelgate"
 
 prepare() {
     mkdir -p "$MG_VAR_DIR/run" "$MG_VAR_DIR/log" "$MG_VAR_DIR/redis" "$MG_VAR_DIR/data"
+    # The services' Unix sockets, which only nginx's user may open: gunicorn believes
+    # X-Forwarded-For only from there. nginx started by root runs its workers as nobody.
+    local sockets="$MG_VAR_DIR/run/sockets"
+    mkdir -p "$sockets"
+    if ((EUID == 0)); then
+        chgrp "$(id -gn nobody)" "$sockets" && chmod 0710 "$sockets"
+    else
+        chmod 0700 "$sockets"
+    fi
     # One process, not three: each `modelgate` start pays the imports (~1.5 s).
     "$MODELGATE" prepare
 }

@@ -10,6 +10,7 @@ auth service pushes them within seconds. Nothing secret is printed unless
 
 from __future__ import annotations
 
+import os
 import secrets
 import sys
 from collections.abc import Iterator
@@ -36,7 +37,13 @@ ACTOR = "cli"
 
 
 def auth_settings(paths: ProjectPaths) -> AuthSettings:
-    common = CommonSettings(secrets_dir=paths.secrets, var_dir=paths.var)
+    # The CLI writes revocations as the auth service does, so it signs in to Redis as auth
+    # unless MG_REDIS_USERNAME says otherwise (empty: no sign-in).
+    common = CommonSettings(
+        secrets_dir=paths.secrets,
+        var_dir=paths.var,
+        redis_username=os.environ.get("MG_REDIS_USERNAME", "auth"),
+    )
     return AuthSettings(common=common)
 
 
@@ -80,6 +87,7 @@ def _push(settings: AuthSettings, revocations: list[PendingRevocation]) -> None:
         return
     client = redis.Redis.from_url(
         settings.common.redis_url,
+        **settings.common.redis_credentials(),
         socket_connect_timeout=settings.common.redis_connect_timeout,
         socket_timeout=settings.common.redis_socket_timeout,
     )

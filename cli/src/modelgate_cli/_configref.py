@@ -15,7 +15,7 @@ from ._render import nginx_values
 STACK_DEFAULTS = {
     "MG_REDIS_PORT": "6391",
     "MG_WORKERS": "2",
-    "MG_FORWARDED_ALLOW_IPS": "127.0.0.1",
+    "MG_FORWARDED_ALLOW_IPS": "(none)",
     "MG_GRACEFUL_TIMEOUT": "20",
     "MG_CERTS_DIR": "certs/",
 }
@@ -28,7 +28,9 @@ STACK_VARIABLES = {
     "MG_INFERENCE_PORT": "port of the inference service (loopback)",
     "MG_CRYPTO_PORT": "port of the crypto service (loopback)",
     "MG_WORKERS": "gunicorn workers per service",
-    "MG_FORWARDED_ALLOW_IPS": "the only peer whose X-Forwarded-For gunicorn trusts (nginx)",
+    "MG_FORWARDED_ALLOW_IPS": "TCP peers whose X-Forwarded-For gunicorn believes: nginx's address "
+    "(compose), subnet (Swarm) or pod network (Kubernetes), never *; natively none: nginx comes "
+    "through the services' Unix sockets (var/run/sockets, only nginx's user may open them)",
     "MG_GRACEFUL_TIMEOUT": "seconds gunicorn lets requests in flight finish on stop",
     "MG_NGINX_WORKERS": "nginx worker processes",
     "MG_NGINX_MAX_BODY": "largest request body nginx accepts (413 beyond)",

@@ -6,11 +6,12 @@ steps (signing keys, keyrings, demo models) to ``INIT_STEPS``.
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 from collections.abc import Callable
 from pathlib import Path
 
-from modelgate_common import write_private
+from modelgate_common import read_secret, write_private
 
 from ._auth import ensure_jwt_signing_key
 from ._certs import ensure_certificates
@@ -48,6 +49,48 @@ def ensure_database_secrets(paths: ProjectPaths) -> list[str]:
     return made
 
 
+# The Redis ACL users: one per service, each with its own password, only modelgate's keys
+# (mg:*) and no administrative or dangerous command (FLUSHALL, KEYS, CONFIG, ACL, DEBUG...).
+# Only inference may use pub/sub (its model-version channel). Every user may write the
+# revocation keys: the rate-limit scripts read them, and Redis asks write access of every key
+# a script names; auth's periodic sync restores any that go missing. Unauthenticated
+# connections may only PING (health checks).
+REDIS_USERS: dict[str, str] = {
+    "auth": "~mg:* +@all -@dangerous",
+    "inference": "~mg:* &mg:inference:* +@all -@dangerous",
+    "crypto": "~mg:* +@all -@dangerous",
+}
+REDIS_ACL_FILE = "redis_users.acl"
+
+
+def redis_acl(passwords: dict[str, str]) -> str:
+    """Redis's ACL file for these passwords: SHA-256 digests only, never a password."""
+    lines = ["user default on nopass resetkeys resetchannels -@all +ping"]
+    for user, rules in REDIS_USERS.items():
+        digest = hashlib.sha256(passwords[user].encode("utf-8")).hexdigest()
+        lines.append(f"user {user} on #{digest} resetkeys resetchannels {rules}")
+    return "\n".join(lines) + "\n"
+
+
+def ensure_redis_credentials(paths: ProjectPaths) -> list[str]:
+    """A password per service's Redis user (never overwritten) and Redis's ACL file,
+    rewritten whenever it does not match the passwords."""
+    made = []
+    passwords = {}
+    for user in REDIS_USERS:
+        path: Path = paths.secrets / f"redis_{user}_password"
+        if not path.exists():
+            write_private(path, secrets.token_urlsafe(32))
+            made.append(f"Redis password of {user} (secrets/redis_{user}_password)")
+        passwords[user] = read_secret(path).get_secret_value()
+    acl_path: Path = paths.secrets / REDIS_ACL_FILE
+    acl = redis_acl(passwords)
+    if not acl_path.exists() or acl_path.read_text(encoding="utf-8") != acl:
+        write_private(acl_path, acl)
+        made.append(f"Redis ACL users (secrets/{REDIS_ACL_FILE})")
+    return made
+
+
 def ensure_layout(paths: ProjectPaths) -> list[str]:
     for folder in (paths.certs, paths.secrets, paths.model_store, paths.var / "log"):
         folder.mkdir(parents=True, exist_ok=True)
@@ -62,6 +105,7 @@ INIT_STEPS: list[Callable[[ProjectPaths], list[str]]] = [
     ensure_jwt_signing_key,
     ensure_fernet_keyring,
     ensure_database_secrets,
+    ensure_redis_credentials,
     ensure_models,
 ]
 

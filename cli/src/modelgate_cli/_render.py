@@ -54,8 +54,11 @@ def nginx_values(paths: ProjectPaths, env: dict[str, str] | None = None) -> dict
     host = values["MG_BIND_ADDRESS"]
     values.setdefault("MG_HTTPS_LISTEN", f"{host}:{values['MG_HTTPS_PORT']}")
     values.setdefault("MG_HTTP_LISTEN", f"{host}:{values['MG_HTTP_PORT']}")
+    # The services' Unix sockets (MG_SOCKET_DIR of deploy/supervisord.conf): only there do
+    # they believe the X-Forwarded-For nginx sets.
+    sockets = paths.var / "run" / "sockets"
     for service in ("AUTH", "INFERENCE", "CRYPTO"):
-        values.setdefault(f"MG_{service}_UPSTREAM", f"127.0.0.1:{values[f'MG_{service}_PORT']}")
+        values.setdefault(f"MG_{service}_UPSTREAM", f"unix:{sockets}/{service.lower()}.sock")
     return values
 
 

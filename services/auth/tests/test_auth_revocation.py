@@ -127,3 +127,25 @@ def test_a_revocation_committed_after_a_higher_id_still_reaches_redis(
         )
     _sync(client)
     assert redis_client.get("mg:test:late-low") == b"1"
+
+
+def test_a_deleted_revocation_key_is_restored_by_the_next_sync(
+    client: TestClient, user_tokens: dict[str, Any], redis_client: redis.Redis
+) -> None:
+    """Whoever deletes mg:revoked:* keys (the marker kept) gets them back within one sync,
+    however long ago they were written."""
+    access = user_tokens["access_token"]
+    client.post("/auth/logout", headers=bearer(access))
+    _sync(client)  # marker set
+    jti = client.app.state.verifier._verified[access][0].token_id  # type: ignore[attr-defined]
+    # Older than the incremental window: only a check of the whole live set finds it.
+    sessions = client.app.state.auth_service.sessions  # type: ignore[attr-defined]
+    with sessions.begin() as session:
+        session.query(Revocation).update({Revocation.created_at: int(time.time()) - 3600})
+    for key in redis_client.scan_iter("mg:revoked:*"):
+        redis_client.delete(key)
+    assert redis_client.exists("mg:auth:revocations-synced")
+    assert _me(client, access) == 200  # the gap the sync closes
+    assert _sync(client) >= 1
+    assert redis_client.get(revoked_jti_key(jti)) == b"1"
+    assert _me(client, access) == 401

@@ -155,6 +155,23 @@ def test_a_keyring_readable_by_others_is_refused(tmp_path: Path) -> None:
         load_keyring(path)
 
 
+def test_a_keyring_readable_by_its_own_group_is_accepted_as_kubernetes_mounts_it(
+    tmp_path: Path,
+) -> None:
+    """A Secret volume with fsGroup: 0440, the pod's group, reached through ..data links."""
+    stamp = tmp_path / "..2026_01_01_00_00_00.000000001"
+    stamp.mkdir()
+    create_keyring(stamp / "k.json")
+    os.chown(stamp / "k.json", -1, os.getegid())
+    (stamp / "k.json").chmod(0o440)
+    (tmp_path / "..data").symlink_to(stamp.name)
+    (tmp_path / "k.json").symlink_to("..data/k.json")
+    assert load_keyring(tmp_path / "k.json").ids == [1]
+    (stamp / "k.json").chmod(0o460)
+    with pytest.raises(KeyringError, match="writable or executable by its group"):
+        load_keyring(tmp_path / "k.json")
+
+
 def test_a_missing_keyring_says_how_to_make_one(tmp_path: Path) -> None:
     with pytest.raises(KeyringError, match="modelgate init"):
         load_keyring(tmp_path / "absent.json")

@@ -51,7 +51,7 @@ from ._security import (
     revoked_subject_key,
     verify_bearer,
 )
-from ._settings import CommonSettings, RateLimitSettings, read_secret
+from ._settings import CommonSettings, RateLimitSettings, private_file_problem, read_secret
 from ._worker import DrainingUvicornWorker
 
 __all__ = [
@@ -97,6 +97,7 @@ __all__ = [
     "error_responses",
     "install_error_handlers",
     "login_rate_limit",
+    "private_file_problem",
     "rate_limit",
     "read_secret",
     "redis_ok",

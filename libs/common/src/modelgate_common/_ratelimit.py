@@ -35,10 +35,10 @@ import hashlib
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import redis.asyncio as aioredis
 from fastapi import FastAPI, Request, Security
@@ -250,12 +250,14 @@ class SharedRateLimiter:
         redis_url: str,
         connect_timeout: float = 0.25,
         socket_timeout: float = 0.5,
+        credentials: Mapping[str, Any] | None = None,
     ) -> None:
         self.settings = settings
         # One retry without delay: a connection that died with a Redis restart is replaced
         # at once; a Redis that is really gone costs two fast failures, then the breaker.
         self._pool = aioredis.ConnectionPool.from_url(
             redis_url,
+            **(credentials or {}),
             socket_connect_timeout=connect_timeout,
             socket_timeout=socket_timeout,
             retry=Retry(NoBackoff(), 1),

@@ -14,6 +14,7 @@ from ._settings import CommonSettings
 def create_redis(settings: CommonSettings) -> aioredis.Redis:
     return aioredis.Redis.from_url(
         settings.redis_url,
+        **settings.redis_credentials(),
         socket_connect_timeout=settings.redis_connect_timeout,
         socket_timeout=settings.redis_socket_timeout,
         retry_on_timeout=False,

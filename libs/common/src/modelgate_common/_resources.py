@@ -32,6 +32,7 @@ async def shared_resources(app: FastAPI, settings: CommonSettings) -> AsyncItera
         settings.redis_url,
         settings.redis_connect_timeout,
         settings.redis_socket_timeout,
+        settings.redis_credentials(),
     )
     app.state.redis = redis
     app.state.verifier = verifier

@@ -7,8 +7,10 @@ is configured once.
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from limits import parse_many
 from pydantic import Field, SecretStr, field_validator
@@ -91,6 +93,16 @@ class CommonSettings(BaseSettings):
     secrets_dir: Path = Field(Path("secrets"), description="folder of generated secrets")
     var_dir: Path = Field(Path("var"), description="runtime folder: data, logs, pid files")
     redis_url: str = Field("redis://127.0.0.1:6391/0", description="shared Redis")
+    redis_username: str | None = Field(
+        None,
+        description="Redis ACL user this process signs in as (auth, inference, crypto: every "
+        "stack sets it); unset or empty: no sign-in (a Redis without ACL users, as in tests)",
+    )
+    redis_password_file: Path | None = Field(
+        None,
+        description="that user's password file; default secrets_dir/redis_<user>_password, "
+        "written by `modelgate init`",
+    )
     redis_connect_timeout: float = Field(0.25, gt=0, le=5, description="seconds")
     redis_socket_timeout: float = Field(0.5, gt=0, le=5, description="seconds")
     jwt_issuer: str = Field("modelgate-auth", description="iss of every access token")
@@ -109,6 +121,19 @@ class CommonSettings(BaseSettings):
         default_factory=RateLimitSettings, description="read from MG_RATELIMIT_* variables"
     )
 
+    @field_validator("redis_username")
+    @classmethod
+    def _empty_is_none(cls, value: str | None) -> str | None:
+        return value or None
+
+    def redis_credentials(self) -> dict[str, Any]:
+        """``username`` and ``password`` for a Redis client; empty without a Redis user."""
+        if self.redis_username is None:
+            return {}
+        user = self.redis_username
+        path = self.redis_password_file or self.secrets_dir / f"redis_{user}_password"
+        return {"username": self.redis_username, "password": read_secret(path).get_secret_value()}
+
     @property
     def jwks_path(self) -> Path:
         return self.jwks_file or self.secrets_dir / "jwks.json"
@@ -122,12 +147,30 @@ class CommonSettings(BaseSettings):
         return self.environment == "development"
 
 
+def private_file_problem(st: os.stat_result) -> str | None:
+    """Why a secret file with this ``stat`` (symlinks followed) is too open, or None.
+
+    Never world-accessible, never group-writable. Group-readable only for a group this
+    process runs in: Kubernetes mounts a Secret's files 0440 with the pod's ``fsGroup``,
+    which it adds to the container's groups; a group the process is not in is refused.
+    """
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & 0o007:
+        return "readable by others; chmod 600 it"
+    if mode & 0o030:
+        return "writable or executable by its group; chmod 600 it (or 440)"
+    if mode & 0o040 and st.st_gid not in {os.getegid(), *os.getgroups()}:
+        return "readable by a group this process is not in; chmod 600 it"
+    return None
+
+
 def read_secret(path: Path) -> SecretStr:
     """Read a secret file; refuse a missing, loosely-permitted or placeholder value."""
     if not path.is_file():
         raise RuntimeError(f"secret file {path} is missing; run `modelgate init`")
-    if path.stat().st_mode & 0o077:
-        raise RuntimeError(f"secret file {path} is readable by others; chmod 600 it")
+    problem = private_file_problem(path.stat())
+    if problem:
+        raise RuntimeError(f"secret file {path} is {problem}")
     value = path.read_text(encoding="utf-8").strip()
     if value.lower() in PLACEHOLDER_SECRETS:
         raise RuntimeError(f"secret file {path} holds a placeholder value")

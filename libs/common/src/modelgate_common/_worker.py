@@ -15,12 +15,14 @@ connection is idle in nginx's pool any more.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import sys
 import time
 from types import FrameType
 
 from gunicorn.arbiter import Arbiter
+from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.server import Server
 from uvicorn_worker import UvicornWorker
 
@@ -60,9 +62,46 @@ class DrainingServer(Server):
         return await super().on_tick(counter)
 
 
+class UnixSocketProxyHeaders:
+    """The client address from X-Forwarded-For, for connections through a Unix socket only.
+
+    uvicorn believes forwarded headers by the peer's IP address (MG_FORWARDED_ALLOW_IPS),
+    and a Unix socket peer has none. The native stack puts each service's socket in a
+    folder only the stack's user may enter, so what arrives there comes from nginx, which
+    sets X-Forwarded-For to the client's address. Connections over TCP pass unchanged.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope.get("client") is None and _via_unix_socket(scope):
+            headers = dict(scope["headers"])
+            forwarded = headers.get(b"x-forwarded-for", b"").decode("latin-1")
+            client = forwarded.rsplit(",", 1)[-1].strip()
+            try:
+                ipaddress.ip_address(client)
+            except ValueError:
+                client = ""
+            scope = dict(scope)
+            if client:
+                scope["client"] = (client, 0)
+            if headers.get(b"x-forwarded-proto") in (b"http", b"https"):
+                scope["scheme"] = headers[b"x-forwarded-proto"].decode("ascii")
+        await self.app(scope, receive, send)
+
+
+def _via_unix_socket(scope: Scope) -> bool:
+    # uvicorn gives a Unix socket's server address as (path, None).
+    server = scope.get("server")
+    return server is not None and server[1] is None
+
+
 class DrainingUvicornWorker(UvicornWorker):
     async def _serve(self) -> None:
         self.config.app = self.wsgi
+        self.config.load()
+        self.config.loaded_app = UnixSocketProxyHeaders(self.config.loaded_app)
         server = DrainingServer(config=self.config)
         self._install_sigquit_handler()
         await server.serve(sockets=self.sockets)

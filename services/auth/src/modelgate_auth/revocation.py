@@ -4,7 +4,9 @@ caused them, then pushed to Redis, where every service's verifier looks.
 The database copy is what makes a revocation outlive a Redis restart: each
 worker pushes revocations it has not pushed yet every few seconds (so those
 made by the CLI or during a Redis outage arrive too), and pushes all live ones
-again whenever Redis has lost its marker key (a restart without persistence).
+again whenever Redis has lost its marker key (a restart without persistence) or
+any live revocation key (deleted by hand, or by whoever reached Redis): every
+sync counts the live keys present in Redis with one EXISTS.
 
 "Not pushed yet" is a time window, not an id cursor: PostgreSQL hands out ids when
 rows are inserted, not when they commit, so a revocation with a lower id can become
@@ -99,15 +101,18 @@ class RevocationPublisher:
             return False
         return True
 
-    def _rows_since(self, since: int) -> list[PendingRevocation]:
+    def _live_rows(self) -> list[tuple[PendingRevocation, int]]:
+        """Every live revocation with the time it was written, in id order."""
         now = int(time.time())
         with self.sessions() as session:
             rows = session.execute(
-                select(Revocation.key, Revocation.value, Revocation.expires_at)
-                .where(Revocation.created_at >= since, Revocation.expires_at > now)
+                select(
+                    Revocation.key, Revocation.value, Revocation.expires_at, Revocation.created_at
+                )
+                .where(Revocation.expires_at > now)
                 .order_by(Revocation.id)
             ).all()
-            return [PendingRevocation(r[0], r[1], r[2]) for r in rows]
+            return [(PendingRevocation(r[0], r[1], r[2]), r[3]) for r in rows]
 
     def prune(self) -> int:
         """Delete revocations whose tokens have all expired."""
@@ -124,11 +129,21 @@ class RevocationPublisher:
         except (redis.RedisError, OSError):
             return 0
         started = int(time.time())
-        since = 0 if full else self._pushed_since
         # anyio, not asyncio.to_thread: a cancelled sync waits for its thread, so the
         # connection is back in the pool before the engine is disposed at shutdown.
-        rows = await anyio.to_thread.run_sync(self._rows_since, since)
+        live = await anyio.to_thread.run_sync(self._live_rows)
         try:
+            if not full:
+                keys = list(dict.fromkeys(item.key for item, _ in live))
+                present = await self.redis.exists(*keys) if keys else 0
+                if present < len(keys):
+                    full = True
+                    log.warning(
+                        "revocations missing from redis: pushing every live one",
+                        extra={"missing": len(keys) - present},
+                    )
+            since = 0 if full else self._pushed_since
+            rows = [item for item, created_at in live if created_at >= since]
             await _push_async(self.redis, rows)
             if full:
                 await self.redis.set(SYNC_MARKER, str(int(time.time())))

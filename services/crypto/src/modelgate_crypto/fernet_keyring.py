@@ -40,7 +40,7 @@ from typing import Any
 from cryptography.fernet import Fernet, MultiFernet
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from modelgate_common import write_private
+from modelgate_common import private_file_problem, write_private
 
 FORMAT = 1
 KEYRING_FILENAME = "fernet_keyring.json"
@@ -169,8 +169,9 @@ def _parse_entry(entry: Any, position: int) -> KeyringKey:
 def _check_private(path: Path, st: os.stat_result) -> None:
     if not stat.S_ISREG(st.st_mode):
         raise KeyringError(f"keyring {path} is not a regular file")
-    if st.st_mode & 0o077:
-        raise KeyringError(f"keyring {path} is readable by others; chmod 600 it")
+    problem = private_file_problem(st)
+    if problem:
+        raise KeyringError(f"keyring {path} is {problem}")
 
 
 def load_keyring(path: Path, cache_size: int = 1024) -> Keyring:

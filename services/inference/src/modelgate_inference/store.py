@@ -24,7 +24,7 @@ import orjson
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from modelgate_common import write_private, write_public
+from modelgate_common import private_file_problem, write_private, write_public
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 MANIFEST_FILE = "manifest.json"
@@ -133,8 +133,9 @@ def load_public_key(path: Path) -> Ed25519PublicKey:
 
 
 def load_private_key(path: Path) -> Ed25519PrivateKey:
-    if path.stat().st_mode & 0o077:
-        raise ValueError(f"{path} is readable by others; chmod 600 it")
+    problem = private_file_problem(path.stat())
+    if problem:
+        raise ValueError(f"{path} is {problem}")
     key = serialization.load_pem_private_key(path.read_bytes(), password=None)
     if not isinstance(key, Ed25519PrivateKey):
         raise ValueError(f"{path} is not an Ed25519 private key")
