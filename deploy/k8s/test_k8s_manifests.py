@@ -9,6 +9,7 @@ NetworkPolicies that let only nginx reach the services and only services reach t
 from __future__ import annotations
 
 import copy
+import ipaddress
 from pathlib import Path
 from typing import Any
 
@@ -188,3 +189,56 @@ def test_overlays_change_images_and_replicas() -> None:
     image = production["auth"]["spec"]["template"]["spec"]["containers"][0]["image"]
     assert image == "registry.example.com/modelgate/auth:0.1.0"
     assert production["auth"]["metadata"]["namespace"] == "modelgate"
+
+
+def _env(container: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {e["name"]: e for e in container.get("env", [])}
+
+
+def test_client_addresses_are_kept_and_trusted_from_nginx_only(
+    objects: list[dict[str, Any]],
+) -> None:
+    """X-Forwarded-For believed from the pod network only (never "*"), where the
+    NetworkPolicy admits nginx's pods alone; the load balancer keeps client addresses."""
+    network = _by_kind(objects, "ConfigMap")["modelgate-network"]["data"]["pod-cidr"]
+    assert ipaddress.ip_network(network).prefixlen >= 8
+    deployments = _by_kind(objects, "Deployment")
+    for name in SERVICES:
+        env = _env(deployments[name]["spec"]["template"]["spec"]["containers"][0])
+        allow = env["MG_FORWARDED_ALLOW_IPS"]
+        assert "value" not in allow, f"{name}: {allow}"
+        assert allow["valueFrom"]["configMapKeyRef"] == {
+            "name": "modelgate-network",
+            "key": "pod-cidr",
+        }, name
+    policy = _by_kind(objects, "NetworkPolicy")["services-from-nginx"]["spec"]
+    assert policy["ingress"] == [
+        {
+            "from": [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "nginx"}}}],
+            "ports": [{"port": 8000}],
+        }
+    ]
+    nginx = _by_kind(objects, "Service")["nginx"]["spec"]
+    assert nginx["type"] == "LoadBalancer"
+    assert nginx["externalTrafficPolicy"] == "Local"
+
+
+def test_each_service_signs_in_to_redis_as_its_own_user(objects: list[dict[str, Any]]) -> None:
+    deployments = _by_kind(objects, "Deployment")
+    for name in SERVICES:
+        pod = deployments[name]["spec"]["template"]["spec"]
+        assert _env(pod["containers"][0])["MG_REDIS_USERNAME"]["value"] == name
+        secrets = next(v for v in pod["volumes"] if v["name"] == "secrets")["projected"]
+        items = [
+            item
+            for source in secrets["sources"]
+            if source["secret"]["name"] == "modelgate-redis"
+            for item in source["secret"]["items"]
+        ]
+        assert items == [{"key": f"{name}_password", "path": f"redis_{name}_password"}], name
+    redis = _by_kind(objects, "StatefulSet")["redis"]["spec"]["template"]["spec"]
+    acl = next(v for v in redis["volumes"] if v["name"] == "acl")["secret"]
+    assert acl["secretName"] == "modelgate-redis"
+    assert acl["items"] == [{"key": "users.acl", "path": "redis_users.acl"}]
+    mount = next(m for m in redis["containers"][0]["volumeMounts"] if m["name"] == "acl")
+    assert mount["mountPath"] == "/run/secrets"  # redis.conf: aclfile /run/secrets/...
