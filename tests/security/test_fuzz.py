@@ -384,18 +384,36 @@ MUST_SUCCEED = [
 ]
 
 
-def test_fuzz_got_past_authentication_and_limits(fuzzer: Fuzzer) -> None:
-    """The three fuzz tests above (run first, in this module) reached the services'
-    logic: every operation a caller can complete succeeded at least once."""
-    if not fuzzer.statuses:
-        pytest.skip("run together with the fuzz tests of this module")
-    seen = {label for label, _ in fuzzer.statuses}
-    succeeded = {label for label, status in fuzzer.statuses if 200 <= status < 300}
-    missing = [label for label in MUST_SUCCEED if label in seen and label not in succeeded]
-    assert not missing, f"never succeeded: {missing}; statuses: {sorted(fuzzer.statuses.items())}"
-    server_errors = [
-        (label, status)
-        for label, status in fuzzer.statuses
+def summary_problems(statuses: Counter[tuple[str, int]]) -> list[str]:
+    """What a fuzz run that reached the services' logic cannot show: an operation a
+    caller can complete that was never fuzzed or never succeeded, or a 5xx (other
+    than 503 "not ready" from a readiness route). An empty run fails on every one."""
+    succeeded = {label for label, status in statuses if 200 <= status < 300}
+    problems = [f"{label} never succeeded" for label in MUST_SUCCEED if label not in succeeded]
+    problems += [
+        f"{label} answered {status}"
+        for label, status in sorted(statuses)
         if status >= 500 and not (status == 503 and label.split(" ", 1)[1] in READY_PATHS)
     ]
-    assert not server_errors
+    return problems
+
+
+def test_fuzz_got_past_authentication_and_limits(fuzzer: Fuzzer) -> None:
+    """The three fuzz tests above (run first, in this module) reached the services'
+    logic: every operation a caller can complete succeeded at least once. Run alone
+    (the fuzz tests deselected), nothing was recorded and it fails."""
+    problems = summary_problems(fuzzer.statuses)
+    assert not problems, f"{problems}; statuses: {sorted(fuzzer.statuses.items())}"
+
+
+def test_fuzz_summary_check_can_fail() -> None:
+    """The summary check refuses an empty run, a run of refusals only, a 5xx."""
+    assert summary_problems(Counter()) == [f"{label} never succeeded" for label in MUST_SUCCEED]
+    refusals = Counter({(label, 401): 3 for label in MUST_SUCCEED})
+    assert len(summary_problems(refusals)) == len(MUST_SUCCEED)
+    complete = Counter({(label, 200): 1 for label in MUST_SUCCEED})
+    assert summary_problems(complete) == []
+    assert summary_problems(complete + Counter({("GET /v2/health/ready", 503): 1})) == []
+    assert summary_problems(complete + Counter({("POST /predict", 500): 1})) == [
+        "POST /predict answered 500"
+    ]
