@@ -108,14 +108,23 @@ def test_v1_list_and_batch_predict(client: httpx.Client, tokens: Tokens) -> None
     assert int(r.headers["x-quota-rows-remaining"]) <= 10_000 - 300
 
 
-def test_probabilities_need_models_read(
+def test_probabilities_need_a_scope_only_analysts_and_admins_get(
     client: httpx.Client, tokens: Tokens, make_user: Callable[..., dict[str, str]], login: Any
 ) -> None:
+    """A user's default token gets labels only; an analyst's (the role an admin grants
+    for probabilities) gets probabilities too, unless narrowed without the scope."""
     body = {"instances": [IRIS[0][0]], "probabilities": True}
     r = client.post("/v1/models/iris/predict", json=body, headers=tokens.next())
-    assert r.status_code == 200
+    assert r.status_code == 403, r.text
+    assert "models:probabilities" in r.json()["detail"]
+    labels = {"instances": [IRIS[0][0]]}
+    r = client.post("/v1/models/iris/predict", json=labels, headers=tokens.next())
+    assert r.status_code == 200 and r.json()["predictions"] == [0]
+    analyst = tokens.fresh(role="analyst")
+    r = client.post("/v1/models/iris/predict", json=body, headers=bearer(analyst))
+    assert r.status_code == 200, r.text
     assert r.json()["probabilities"][0][0] == pytest.approx(1.0, abs=1e-5)
-    narrow = tokens.fresh(scope="models:predict")
+    narrow = tokens.fresh(role="analyst", scope="models:predict")
     r = client.post("/v1/models/iris/predict", json=body, headers=bearer(narrow))
     assert r.status_code == 403
 

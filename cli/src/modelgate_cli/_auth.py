@@ -135,7 +135,9 @@ Show = Annotated[bool, typer.Option("--show", help="print the generated password
 @user_app.command("add")
 def user_add(
     username: Annotated[str, typer.Argument(help="3-32 characters of a-z 0-9 _ . -")],
-    role: Annotated[str, typer.Option(help="admin or user")] = "user",
+    role: Annotated[
+        str, typer.Option(help="user, analyst (also gets class probabilities) or admin")
+    ] = "user",
     full_name: Annotated[str | None, typer.Option(help="display name (HTML is removed)")] = None,
     password_stdin: PasswordStdin = False,
     generate: Generate = False,
@@ -162,16 +164,18 @@ def user_list() -> None:
     """List users: name, role, state, full name."""
     with _service() as (service, _):
         users = service.list_users(0, 1_000_000)
-    typer.echo(f"{'USERNAME':<32} {'ROLE':<6} {'STATE':<9} FULL NAME")
+    typer.echo(f"{'USERNAME':<32} {'ROLE':<7} {'STATE':<9} FULL NAME")
     for user in users:
         state = "disabled" if user.disabled else "active"
-        typer.echo(f"{user.username:<32} {user.role:<6} {state:<9} {user.full_name or ''}")
+        typer.echo(f"{user.username:<32} {user.role:<7} {state:<9} {user.full_name or ''}")
 
 
 @user_app.command("set-role")
 def user_set_role(
     username: str,
-    role: Annotated[str, typer.Argument(help="admin or user")],
+    role: Annotated[
+        str, typer.Argument(help="user, analyst (also gets class probabilities) or admin")
+    ],
 ) -> None:
     """Change a user's role; their existing tokens are revoked."""
     with _service() as (service, settings):

@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 from jose import jwt
 from modelgate_auth.config import AuthSettings
 from modelgate_auth.service import RefreshRejected
-from modelgate_common import ADMIN_SCOPES, USER_SCOPES, KeySet
+from modelgate_common import ADMIN_SCOPES, ANALYST_SCOPES, PROBABILITY_SCOPE, USER_SCOPES, KeySet
 from sqlalchemy import text
 
 
@@ -134,6 +134,27 @@ def test_a_scope_the_role_lacks_is_audited_like_a_sign_in(
     events = _audit_events(settings, "login_refused")
     assert [(e["user"], e["reason"]) for e in events] == [("alice", "scope_not_granted")]
     assert [e["reason"] for e in _audit_events(settings, "login_failed")] == ["bad_password"]
+
+
+def test_probabilities_scope_only_for_roles_an_admin_grants(
+    client: TestClient, make_user: Any, admin_token: str
+) -> None:
+    """models:probabilities is in no user token, asked for or not; an admin grants it
+    by giving the analyst role, which takes effect at the next sign-in."""
+    make_user("alice")
+    assert PROBABILITY_SCOPE not in login(client, "alice", USER_PASSWORD).json()["scope"]
+    asked = login(client, "alice", USER_PASSWORD, scope=f"models:predict {PROBABILITY_SCOPE}")
+    assert asked.json()["scope"] == "models:predict"
+    assert login(client, "alice", USER_PASSWORD, scope=PROBABILITY_SCOPE).status_code == 400
+    granted = client.patch(
+        "/auth/users/alice", json={"role": "analyst"}, headers=bearer(admin_token)
+    )
+    assert granted.status_code == 200 and granted.json()["role"] == "analyst"
+    analyst = login(client, "alice", USER_PASSWORD).json()
+    assert analyst["scope"].split() == list(ANALYST_SCOPES) == [*USER_SCOPES, PROBABILITY_SCOPE]
+    assert PROBABILITY_SCOPE in login(client, "admin", ADMIN_PASSWORD).json()["scope"].split()
+    # an analyst is no admin
+    assert client.get("/auth/users", headers=bearer(analyst["access_token"])).status_code == 403
 
 
 def test_narrowed_token_is_refused_where_a_missing_scope_is_needed(

@@ -58,7 +58,7 @@ async def test_v1_batch_equals_the_models_own_predictions(
 async def test_v1_probabilities(client: httpx.AsyncClient, auth: Auth, store: Path) -> None:
     row = IRIS_SAMPLES[1][0]
     body = {"instances": [row], "probabilities": True}
-    r = await client.post("/v1/models/iris/predict", json=body, headers=auth())
+    r = await client.post("/v1/models/iris/predict", json=body, headers=auth(role="analyst"))
     assert r.status_code == 200, r.text
     answer = r.json()
     assert answer["classes"] == [0, 1, 2]
@@ -69,14 +69,20 @@ async def test_v1_probabilities(client: httpx.AsyncClient, auth: Auth, store: Pa
 async def test_probabilities_need_the_configured_scope(
     client: httpx.AsyncClient, auth: Auth
 ) -> None:
+    """By default an ordinary user's token gets labels only; probabilities need
+    models:probabilities, which only the analyst and admin roles carry."""
     body = {"instances": [IRIS_SAMPLES[0][0]], "probabilities": True}
-    narrow = auth(scope="models:predict")
-    r = await client.post("/v1/models/iris/predict", json=body, headers=narrow)
-    assert r.status_code == 403
-    assert "models:read" in r.json()["detail"]
-    body["probabilities"] = False
-    r = await client.post("/v1/models/iris/predict", json=body, headers=narrow)
-    assert r.status_code == 200
+    for headers in (auth(), auth(role="analyst", scope="models:read models:predict")):
+        r = await client.post("/v1/models/iris/predict", json=body, headers=headers)
+        assert r.status_code == 403, r.text
+        assert "models:probabilities" in r.json()["detail"]
+        labels = {"instances": body["instances"]}
+        r = await client.post("/v1/models/iris/predict", json=labels, headers=headers)
+        assert r.status_code == 200 and "probabilities" not in r.json()
+    for role in ("analyst", "admin"):
+        r = await client.post("/v1/models/iris/predict", json=body, headers=auth(role=role))
+        assert r.status_code == 200, r.text
+        assert r.json()["probabilities"][0][0] == pytest.approx(1.0, abs=1e-5)
 
 
 async def test_probability_scope_is_configurable(
@@ -200,13 +206,13 @@ async def test_v2_infer_per_feature_tensors_and_nested_data(
 
 async def test_v2_requested_outputs(client: httpx.AsyncClient, auth: Auth) -> None:
     body = v2_body([IRIS_SAMPLES[0][0]], outputs=[{"name": "probabilities"}])
-    r = await client.post("/v2/models/iris/infer", json=body, headers=auth())
+    r = await client.post("/v2/models/iris/infer", json=body, headers=auth(role="analyst"))
     assert r.status_code == 200, r.text
     (output,) = r.json()["outputs"]
     assert output["name"] == "probabilities" and output["shape"] == [1, 3]
     assert output["data"][0] == pytest.approx(1.0, abs=1e-5)
-    r = await client.post("/v2/models/iris/infer", json=body, headers=auth(scope="models:predict"))
-    assert r.status_code == 403 and "error" in r.json()
+    r = await client.post("/v2/models/iris/infer", json=body, headers=auth())
+    assert r.status_code == 403 and "models:probabilities" in r.json()["error"]
 
 
 async def test_v2_metadata_and_readiness(client: httpx.AsyncClient, auth: Auth) -> None:
@@ -284,12 +290,13 @@ async def test_every_answer_has_the_documented_shape(
             v2_body(rows, outputs=outputs),
         ),
     ]
+    analyst = auth(role="analyst")  # some calls ask for probabilities
     for template, url, body in calls:
         if body is None:
-            response = await client.get(url, headers=auth())
+            response = await client.get(url, headers=analyst)
             method = "get"
         else:
-            response = await client.post(url, json=body, headers=auth())
+            response = await client.post(url, json=body, headers=analyst)
             method = "post"
         documented = document["paths"][template][method]["responses"]
         assert str(response.status_code) in documented, (url, response.status_code)

@@ -34,12 +34,18 @@ log = logging.getLogger("modelgate.security")
 
 ALGORITHM = "RS256"
 REQUIRED_CLAIMS = ("iss", "aud", "sub", "role", "scope", "iat", "nbf", "exp", "jti")
-ROLES = ("admin", "user")
+ROLES = ("admin", "analyst", "user")
 USER_SCOPES = ("models:read", "models:predict", "crypto:encrypt", "crypto:decrypt")
-ADMIN_SCOPES = (*USER_SCOPES, "models:admin", "users:admin")
+# Class probabilities reveal far more of a model than labels do (extraction), so only a
+# role an admin grants on purpose carries this scope: analyst and admin, never user.
+PROBABILITY_SCOPE = "models:probabilities"
+ANALYST_SCOPES = (*USER_SCOPES, PROBABILITY_SCOPE)
+ADMIN_SCOPES = (*ANALYST_SCOPES, "models:admin", "users:admin")
+ROLE_SCOPES = {"admin": ADMIN_SCOPES, "analyst": ANALYST_SCOPES, "user": USER_SCOPES}
 SCOPE_DESCRIPTIONS = {
     "models:read": "list models and their schemas",
     "models:predict": "ask a model for predictions",
+    PROBABILITY_SCOPE: "receive class probabilities with predictions (analyst and admin roles)",
     "crypto:encrypt": "encrypt text",
     "crypto:decrypt": "decrypt text",
     "models:admin": "load and reload models",

@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jose import jwk, jwt
 
-from ._security import ADMIN_SCOPES, USER_SCOPES
+from ._security import ROLE_SCOPES, USER_SCOPES
 from ._settings import CommonSettings, RateLimitSettings
 
 # In-process tests make many requests as one subject from one address: limits that
@@ -60,7 +60,7 @@ class TokenFactory:
 
     def claims(self, sub: str = "alice", role: str = "user", **overrides: Any) -> dict[str, Any]:
         now = int(time.time())
-        scopes = ADMIN_SCOPES if role == "admin" else USER_SCOPES
+        scopes = ROLE_SCOPES.get(role, USER_SCOPES)
         claims: dict[str, Any] = {
             "iss": "modelgate-auth",
             "aud": "modelgate",

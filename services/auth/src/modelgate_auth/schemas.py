@@ -52,7 +52,8 @@ FullName = Annotated[
     Field(max_length=FULL_NAME_MAX, description="plain text; HTML is removed"),
     AfterValidator(_clean_full_name),
 ]
-Role = Literal["admin", "user"]
+# analyst: a user who also receives class probabilities (scope models:probabilities)
+Role = Literal["admin", "analyst", "user"]
 
 
 class _Strict(BaseModel):

@@ -22,6 +22,7 @@ from modelgate_common import (
     ADMIN_SCOPES,
     ALGORITHM,
     LOGINS,
+    ROLE_SCOPES,
     USER_SCOPES,
     BadRequest,
     CommonSettings,
@@ -92,7 +93,7 @@ def hash_refresh_token(token: str) -> str:
 
 
 def scopes_for_role(role: str) -> tuple[str, ...]:
-    return ADMIN_SCOPES if role == "admin" else USER_SCOPES
+    return ROLE_SCOPES.get(role, USER_SCOPES)
 
 
 KNOWN_SCOPES = frozenset(ADMIN_SCOPES)  # every scope any role has

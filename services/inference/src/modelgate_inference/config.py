@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from modelgate_common import CommonSettings
+from modelgate_common import PROBABILITY_SCOPE, CommonSettings
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -32,9 +32,10 @@ class InferenceSettings(BaseSettings):
     )
     max_batch: int = Field(1000, ge=1, le=100_000, description="most rows in one request")
     probability_scope: str = Field(
-        "models:read",
+        PROBABILITY_SCOPE,
         description="scope a token needs, on top of models:predict, to receive class "
-        "probabilities (they leak more of the model than labels do)",
+        "probabilities (they leak more of the model than labels do); the default is carried "
+        "by the analyst and admin roles only, never by the user role",
     )
     seed_model: str = Field("iris", description="model behind the seed alias POST /predict")
     offload_rows: int = Field(
