@@ -24,7 +24,7 @@ from sqlalchemy import func, make_url, select
 from typer.testing import CliRunner
 
 runner = CliRunner()
-TABLES = ["users", "refresh_families", "refresh_tokens", "revocations"]
+TABLES = ["users", "clients", "refresh_families", "refresh_tokens", "revocations"]
 # The throwaway cluster trusts loopback: any password gets in, so a URL can carry one.
 PASSWORD = "Pg-S3cret-do-not-print"
 
@@ -62,7 +62,8 @@ def _settings(project: Path, redis_server: Any, url: str | None = None) -> AuthS
 
 
 def _populate(settings: AuthSettings) -> dict[str, Any]:
-    """Users, a rotated refresh token, a logout (revocations) in the source database."""
+    """Users, a service account, a rotated refresh token, a logout (revocations) in the
+    source database."""
     with TestClient(create_app(settings)) as client:
         admin = login(client, "admin", ADMIN_PASSWORD).json()["access_token"]
         for name, extra in (("alice", {"full_name": "Alice A"}), ("bob", {}), ("carol", {})):
@@ -70,6 +71,9 @@ def _populate(settings: AuthSettings) -> dict[str, Any]:
             assert client.post("/auth/users", json=body, headers=bearer(admin)).status_code == 201
         disabled = client.patch("/auth/users/carol", json={"disabled": True}, headers=bearer(admin))
         assert disabled.status_code == 200, disabled.text
+        service_account = {"name": "nightly", "scopes": ["models:predict"]}
+        made = client.post("/auth/clients", json=service_account, headers=bearer(admin))
+        assert made.status_code == 201, made.text
         first = login(client, "alice", USER_PASSWORD).json()
         rotated = client.post("/auth/refresh", json={"refresh_token": first["refresh_token"]})
         assert rotated.status_code == 200, rotated.text
@@ -101,7 +105,7 @@ def _source_url(project: Path) -> str:
     return f"sqlite:///{project / 'var' / 'data' / 'users.db'}"
 
 
-def test_the_auth_schema_is_the_four_tables_copied() -> None:
+def test_the_auth_schema_is_the_five_tables_copied() -> None:
     assert sorted(Base.metadata.tables) == sorted(TABLES)
 
 
@@ -119,9 +123,11 @@ def test_copy_keeps_every_row_and_the_target_serves(
     assert "in one transaction" in result.output
     # Nothing secret on the terminal: no URL password, no password or token hash.
     assert PASSWORD not in result.output
-    for secret in [row[2] for row in source_rows["users"]] + [
-        row[0] for row in source_rows["refresh_tokens"]
-    ]:
+    for secret in (
+        [row[2] for row in source_rows["users"]]
+        + [row[3] for row in source_rows["clients"]]
+        + [row[0] for row in source_rows["refresh_tokens"]]
+    ):
         assert secret not in result.output
     assert "$argon2" not in result.output
 

@@ -68,7 +68,12 @@ PREDICT_PATHS = [
 ]
 # The services' own routes that nginx never proxies (tests/security/test_exposure.py).
 NOT_ROUTED = r"^/health/"
-USER_ADMIN_PATHS = ("/auth/users", "/auth/users/{username}")
+USER_ADMIN_PATHS = (
+    "/auth/users",
+    "/auth/users/{username}",
+    "/auth/clients",
+    "/auth/clients/{client_id}",
+)
 
 _DUMP_OPENAPI = """
 import importlib, json, sys
@@ -209,6 +214,7 @@ class Fuzzer:
     session: requests.Session
     sign_in_sessions: list[requests.Session]
     created: set[str] = field(default_factory=set)
+    created_clients: set[str] = field(default_factory=set)
     statuses: Counter[tuple[str, int]] = field(default_factory=Counter)
     _turn: Iterator[int] = field(default_factory=itertools.count)
     _predictor: str = ""
@@ -312,6 +318,8 @@ def fuzzer(
                 session.close()
             for name in [*made, *sorted(fuzz.created)]:
                 client.delete(f"/auth/users/{name}", headers=bearer(admin))
+            for client_id in sorted(fuzz.created_clients):
+                client.delete(f"/auth/clients/{client_id}", headers=bearer(admin))
 
 
 # -- one fuzzed request -------------------------------------------------------------------
@@ -330,6 +338,8 @@ def fuzz_call(fuzzer: Fuzzer, login: Callable[..., dict[str, Any]]) -> Callable[
             assert response.headers.get("retry-after"), f"{label}: 429 without Retry-After"
         if label == "POST /auth/users" and status == 201:
             fuzzer.created.add(response.json()["username"])
+        if label == "POST /auth/clients" and status == 201:
+            fuzzer.created_clients.add(response.json()["client_id"])
         if label == "POST /auth/logout" and status == 204:
             # That token is revoked now: the next case gets a live one.
             user = fuzzer.logout_user
@@ -368,6 +378,8 @@ MUST_SUCCEED = [
     "PATCH /auth/users/me",
     "GET /auth/users",
     "POST /auth/users",
+    "GET /auth/clients",
+    "POST /auth/clients",
     "POST /auth/logout",
     "GET /v1/models",
     "GET /v1/models/{name}",

@@ -82,7 +82,9 @@ def _service() -> Iterator[tuple[AuthService, AuthSettings]]:
         service.engine.dispose()
 
 
-def _push(settings: AuthSettings, revocations: list[PendingRevocation]) -> None:
+def _push(
+    settings: AuthSettings, revocations: list[PendingRevocation], holder: str = "user"
+) -> None:
     if not revocations:
         return
     client = redis.Redis.from_url(
@@ -96,10 +98,10 @@ def _push(settings: AuthSettings, revocations: list[PendingRevocation]) -> None:
     finally:
         client.close()
     if pushed:
-        typer.echo("existing tokens of the user are revoked")
+        typer.echo(f"existing tokens of the {holder} are revoked")
     else:
         typer.echo(
-            "existing tokens of the user are revoked in the database; Redis did not answer, "
+            f"existing tokens of the {holder} are revoked in the database; Redis did not answer, "
             "so the running auth service will push the revocation within "
             f"{settings.revocation_sync_interval:g} s"
         )

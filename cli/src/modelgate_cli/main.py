@@ -10,6 +10,7 @@ from modelgate_common._logging import AUDIT_LOGGER, JsonFormatter, configure_aud
 
 from . import keys, models
 from ._auth import user_app
+from ._clients import client_app
 from ._configref import configuration_reference
 from ._db import db_app
 from ._docs import DocsError, build_docs
@@ -27,6 +28,7 @@ app = typer.Typer(
 app.add_typer(keys.app, name="keys")
 app.add_typer(models.app, name="model")
 app.add_typer(user_app, name="user")
+app.add_typer(client_app, name="client")
 app.add_typer(db_app, name="db")
 
 

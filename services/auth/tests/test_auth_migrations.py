@@ -8,11 +8,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from modelgate_auth.config import AuthSettings
 from modelgate_auth.db import (
     Base,
+    _alembic_config,
     create_db_engine,
     head_revision,
     schema_revision,
@@ -32,7 +34,7 @@ def engine(settings: AuthSettings) -> Engine:
 def test_migrations_build_what_the_models_describe(engine: Engine) -> None:
     assert schema_revision(engine) is None
     upgrade_schema(engine)
-    assert schema_revision(engine) == head_revision() == "0002"
+    assert schema_revision(engine) == head_revision() == "0003"
     with engine.connect() as conn:
         differences = compare_metadata(
             MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata
@@ -58,6 +60,8 @@ def test_a_database_made_before_alembic_is_adopted_and_migrated(engine: Engine) 
     # The schema as the service made it before migrations existed (no created_at).
     with engine.begin() as conn:
         for table in Base.metadata.sorted_tables:
+            if table.name == "clients":  # not part of the schema before Alembic
+                continue
             if table.name == "revocations":
                 conn.execute(
                     text(
@@ -88,6 +92,7 @@ def test_the_migrations_ship_inside_the_package() -> None:
     assert sorted(p.name for p in versions.glob("*.py")) == [
         "0001_initial.py",
         "0002_revocation_created_at.py",
+        "0003_clients.py",
     ]
 
 
@@ -102,3 +107,32 @@ def test_replicas_starting_together_migrate_once(settings: AuthSettings) -> None
     finally:
         for e in engines:
             e.dispose()
+
+
+def test_clients_migration_adds_and_drops_only_its_table(engine: Engine) -> None:
+    upgrade_schema(engine, "0002")
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO revocations (key, value, expires_at, created_at) "
+                "VALUES ('k', '1', 1, 1)"
+            )
+        )
+    assert "clients" not in inspect(engine).get_table_names()
+    upgrade_schema(engine)
+    assert schema_revision(engine) == "0003"
+    unique = {tuple(u["column_names"]) for u in inspect(engine).get_unique_constraints("clients")}
+    assert {("client_id",), ("name",)} <= unique
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO clients (client_id, name, secret_hash, scopes, disabled, "
+                "created_at, updated_at, revoked_before) "
+                "VALUES ('0123456789abcdef01234567', 'job', 'h', 'models:read', false, 1, 1, 0)"
+            )
+        )
+    with engine.begin() as conn:
+        command.downgrade(_alembic_config(conn), "0002")
+    assert "clients" not in inspect(engine).get_table_names()
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM revocations")).scalar_one() == 1

@@ -34,7 +34,8 @@ log = logging.getLogger("modelgate.security")
 
 ALGORITHM = "RS256"
 REQUIRED_CLAIMS = ("iss", "aud", "sub", "role", "scope", "iat", "nbf", "exp", "jti")
-ROLES = ("admin", "analyst", "user")
+# "client": a service account (OAuth2 client_credentials), never a user's role.
+ROLES = ("admin", "analyst", "user", "client")
 USER_SCOPES = ("models:read", "models:predict", "crypto:encrypt", "crypto:decrypt")
 # Class probabilities reveal far more of a model than labels do (extraction), so only a
 # role an admin grants on purpose carries this scope: analyst and admin, never user.

@@ -1,4 +1,5 @@
-"""The user database: users, refresh-token families and persisted revocations.
+"""The user database: users, service accounts (clients), refresh-token families and
+persisted revocations.
 
 SQLAlchemy 2 with a configurable URL: a SQLite file by default, PostgreSQL when
 ``MG_AUTH_DATABASE_URL`` says so (``postgresql+psycopg://...``). The schema is made
@@ -53,6 +54,25 @@ class User(Base):
     updated_at: Mapped[int] = mapped_column(Integer)
     # Tokens of this user issued at or before this time are revoked; new tokens
     # are issued strictly after it (see service.TokenIssuer).
+    revoked_before: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class Client(Base):
+    """A service account (OAuth2 confidential client): signs in with the
+    client_credentials grant, its secret stored only as an argon2id hash."""
+
+    __tablename__ = "clients"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    client_id: Mapped[str] = mapped_column(String(64), unique=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    secret_hash: Mapped[str] = mapped_column(String(255))
+    # Space-separated: the most a token of this client may carry.
+    scopes: Mapped[str] = mapped_column(String(512))
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[int] = mapped_column(Integer)
+    updated_at: Mapped[int] = mapped_column(Integer)
+    # As for users: tokens issued at or before this time are revoked.
     revoked_before: Mapped[int] = mapped_column(Integer, default=0)
 
 

@@ -20,6 +20,7 @@ from modelgate_common import (
 )
 from sqlalchemy import text
 
+from .clients import ClientService
 from .config import AuthSettings
 from .db import create_db_engine, make_session_factory, upgrade_schema
 from .keys import KeyStore, Signer
@@ -69,6 +70,7 @@ def create_app(settings: AuthSettings | None = None) -> FastAPI:
                 if service.ensure_first_admin(password):
                     log.info("created the first admin user `admin`")
             app.state.auth_service = service
+            app.state.client_service = ClientService(service)
             app.state.keystore = keystore
             app.state.hash_limiter = anyio.CapacityLimiter(settings.argon2_concurrency)
             async with shared_resources(app, settings.common):

@@ -23,11 +23,13 @@ from modelgate_common import (
 )
 from slowapi.util import get_remote_address
 
-from .db import User
+from .clients import ClientAuthFailed, ClientOutcome, ClientService, client_subject
+from .db import Client, User
 from .keys import KeyStore
 from .oauth import (
     INVALID_GRANT,
     INVALID_SCOPE,
+    UNAUTHORIZED_CLIENT,
     UNSUPPORTED_GRANT_TYPE,
     ClientCredentials,
     FormField,
@@ -42,6 +44,9 @@ from .revocation import RevocationPublisher
 from .schemas import (
     PASSWORD_MAX,
     SCOPE_MAX,
+    ClientCreate,
+    ClientOut,
+    ClientUpdate,
     LogoutRequest,
     RefreshRequest,
     SelfUpdate,
@@ -75,6 +80,13 @@ def _service(request: Request) -> AuthService:
 
 
 Service = Annotated[AuthService, Depends(_service)]
+
+
+def _clients(request: Request) -> ClientService:
+    return request.app.state.client_service
+
+
+Clients = Annotated[ClientService, Depends(_clients)]
 
 
 async def _run(request: Request, fn: Callable[..., T], *args: Any) -> T:
@@ -152,40 +164,98 @@ TOKEN_FORM = (
     response_model_exclude_none=True,
     include_in_schema=False,
 )
-async def token(request: Request, response: Response, service: Service) -> TokenResponse:
+async def token(
+    request: Request, response: Response, service: Service, clients: Clients
+) -> TokenResponse:
     """RFC 6749 token endpoint. ``grant_type=password`` (the default when left out)
     exchanges a user name and password for an access and a refresh token;
     ``refresh_token`` rotates a refresh token (the presented one is spent; presenting a
-    spent one revokes its whole session). Errors carry ``error`` and
-    ``error_description`` (RFC 6749 §5.2) beside ``detail``."""
+    spent one revokes its whole session); ``client_credentials`` gives a service account
+    (authenticated by ``client_secret_basic`` or ``client_secret_post``) an access token
+    with its scopes, or fewer. Errors carry ``error`` and ``error_description``
+    (RFC 6749 §5.2) beside ``detail``."""
     form = await read_form(request, TOKEN_FORM)
     grant = form.get("grant_type", "password")
     client = client_credentials(request, form)
     if grant == "password":
-        pair = await _password_grant(request, service, form, client)
+        await _no_confidential_client(request, clients, client)
+        pair = await _password_grant(request, service, form)
     elif grant == "refresh_token":
-        pair = await _refresh_grant(request, service, form, client)
+        await _no_confidential_client(request, clients, client)
+        pair = await _refresh_grant(request, service, form)
+    elif grant == "client_credentials":
+        pair = await _client_credentials_grant(request, clients, form, client)
     else:
-        raise OAuthError(UNSUPPORTED_GRANT_TYPE, "grant_type must be password or refresh_token")
+        raise OAuthError(
+            UNSUPPORTED_GRANT_TYPE,
+            "grant_type must be password, refresh_token or client_credentials",
+        )
     return _token_response(pair, response)
 
 
-def _public_client_only(client: ClientCredentials | None) -> None:
-    """User grants are for public clients: a client id alone is accepted (and carries
-    no privilege); a client secret must name a registered client."""
-    if client is not None and client.secret is not None:
-        raise invalid_client("unknown client or wrong secret", client.basic)
+async def authenticate_client(
+    request: Request, clients: ClientService, credentials: ClientCredentials
+) -> Client:
+    """A client's secret checked under the sign-in limits: the client address's budget
+    and a failure budget per client id (``client:<id>``, which no user name can be),
+    both spent before the hash is verified, as for a password."""
+    if credentials.secret is None:
+        raise invalid_client("client authentication is required", credentials.basic)
+    limiter: SharedRateLimiter = request.app.state.ratelimiter
+    identity = client_subject(credentials.client_id)
+    await limiter.check_login(get_remote_address(request), identity)
+    try:
+        return await _run_hashing(
+            request,
+            clients.authenticate,
+            credentials.client_id,
+            credentials.secret,
+            _client_ip(request),
+        )
+    except ClientAuthFailed as exc:
+        await limiter.record_login_failure(identity)
+        raise invalid_client(exc.message, credentials.basic) from None
+
+
+async def _no_confidential_client(
+    request: Request, clients: ClientService, credentials: ClientCredentials | None
+) -> None:
+    """User grants are for public clients: a client id alone is accepted (it carries no
+    privilege); a client that authenticates is a service account, which has only the
+    client_credentials grant."""
+    if credentials is None or credentials.secret is None:
+        return
+    await authenticate_client(request, clients, credentials)
+    raise OAuthError(UNAUTHORIZED_CLIENT, "a service account signs in with client_credentials")
+
+
+async def _client_credentials_grant(
+    request: Request,
+    clients: ClientService,
+    form: dict[str, str],
+    credentials: ClientCredentials | None,
+) -> TokenPair:
+    if credentials is None:
+        raise invalid_client("client authentication is required", basic=False)
+    client = await authenticate_client(request, clients, credentials)
+    try:
+        return await _run(
+            request, clients.token, client, form.get("scope", ""), _client_ip(request)
+        )
+    except InvalidScope as exc:
+        raise OAuthError(INVALID_SCOPE, exc.message) from None
+    except ClientAuthFailed as exc:  # disabled or removed a moment ago
+        raise invalid_client(exc.message, credentials.basic) from None
 
 
 async def _password_grant(
-    request: Request, service: AuthService, form: dict[str, str], client: ClientCredentials | None
+    request: Request, service: AuthService, form: dict[str, str]
 ) -> TokenPair:
     username = form.get("username", "")
     limiter: SharedRateLimiter = request.app.state.ratelimiter
     # The client IP's and the user name's budgets, spent before any password check.
     await limiter.check_login(get_remote_address(request), username)
     require(form, "username", "password")
-    _public_client_only(client)
     try:
         return await _run_hashing(
             request,
@@ -202,11 +272,8 @@ async def _password_grant(
         raise OAuthError(INVALID_SCOPE, exc.message) from None
 
 
-async def _refresh_grant(
-    request: Request, service: AuthService, form: dict[str, str], client: ClientCredentials | None
-) -> TokenPair:
+async def _refresh_grant(request: Request, service: AuthService, form: dict[str, str]) -> TokenPair:
     require(form, "refresh_token")
-    _public_client_only(client)
     try:
         return await _run(
             request, service.refresh, form["refresh_token"], _client_ip(request), form.get("scope")
@@ -401,5 +468,115 @@ async def delete_user(
     request: Request, service: Service, admin: AdminPrincipal, username: str
 ) -> Response:
     outcome = await _run(request, service.delete_user, username, admin.subject)
+    await _push(request, outcome.revocations)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+# -- admin: service accounts (OAuth2 clients) --------------------------------------------
+def _client_out(client: Client, secret: str | None = None) -> ClientOut:
+    return ClientOut.model_validate(
+        {
+            "client_id": client.client_id,
+            "name": client.name,
+            "scopes": client.scopes.split(),
+            "disabled": client.disabled,
+            "created_at": client.created_at,
+            "updated_at": client.updated_at,
+            "client_secret": secret,
+        }
+    )
+
+
+def _with_secret(outcome: ClientOutcome, response: Response) -> ClientOut:
+    if outcome.secret is not None:
+        response.headers["Cache-Control"] = "no-store"
+    return _client_out(outcome.client, outcome.secret)
+
+
+@router.post(
+    "/auth/clients",
+    response_model=ClientOut,
+    response_model_exclude_none=True,
+    status_code=status.HTTP_201_CREATED,
+    responses=error_responses(401, 403, 409, 422),
+    tags=["clients"],
+)
+async def create_client(
+    request: Request,
+    response: Response,
+    clients: Clients,
+    admin: AdminPrincipal,
+    body: ClientCreate,
+) -> ClientOut:
+    """Register a service account with the scopes its tokens may carry. The answer holds
+    its ``client_secret``: shown this once, stored only as a hash."""
+    outcome = await _run_hashing(request, clients.create, body, admin.subject)
+    return _with_secret(outcome, response)
+
+
+@router.get(
+    "/auth/clients",
+    response_model=list[ClientOut],
+    response_model_exclude_none=True,
+    responses=error_responses(401, 403, 422),
+    tags=["clients"],
+)
+async def list_clients(
+    request: Request,
+    clients: Clients,
+    admin: AdminPrincipal,
+    offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+) -> list[ClientOut]:
+    return [_client_out(c) for c in await _run(request, clients.list, offset, limit)]
+
+
+@router.get(
+    "/auth/clients/{client_id}",
+    response_model=ClientOut,
+    response_model_exclude_none=True,
+    responses=error_responses(401, 403, 404),
+    tags=["clients"],
+)
+async def get_client(
+    request: Request, clients: Clients, admin: AdminPrincipal, client_id: str
+) -> ClientOut:
+    return _client_out(await _run(request, clients.get, client_id))
+
+
+@router.patch(
+    "/auth/clients/{client_id}",
+    response_model=ClientOut,
+    response_model_exclude_none=True,
+    responses=error_responses(401, 403, 404, 409, 422),
+    tags=["clients"],
+)
+async def update_client(
+    request: Request,
+    response: Response,
+    clients: Clients,
+    admin: AdminPrincipal,
+    client_id: str,
+    body: ClientUpdate,
+) -> ClientOut:
+    """Rename, change scopes, disable or enable, or ``rotate_secret`` (the new secret is in
+    the answer, shown once). New scopes, disabling and a new secret revoke every token
+    the client holds."""
+    outcome = await _run_hashing(request, clients.update, client_id, body, admin.subject)
+    await _push(request, outcome.revocations)
+    return _with_secret(outcome, response)
+
+
+@router.delete(
+    "/auth/clients/{client_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=error_responses(401, 403, 404),
+    tags=["clients"],
+)
+async def delete_client(
+    request: Request, clients: Clients, admin: AdminPrincipal, client_id: str
+) -> Response:
+    """Remove a service account; every token it holds is revoked."""
+    outcome = await _run(request, clients.delete, client_id, admin.subject)
     await _push(request, outcome.revocations)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

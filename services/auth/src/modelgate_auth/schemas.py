@@ -10,6 +10,7 @@ from datetime import datetime
 from typing import Annotated, Literal
 
 import nh3
+from modelgate_common import ADMIN_SCOPES
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 USERNAME_PATTERN = r"^[a-z0-9_.-]{3,32}$"
@@ -124,6 +125,69 @@ class UserOut(BaseModel):
     full_name: str | None
     created_at: datetime
     updated_at: datetime
+
+
+# -- service accounts (OAuth2 clients) -------------------------------------------------
+# Every scope but user management: a machine client never administers accounts.
+CLIENT_SCOPES: tuple[str, ...] = tuple(s for s in ADMIN_SCOPES if s != "users:admin")
+CLIENT_NAME_PATTERN = r"^[A-Za-z0-9_.-]{3,64}$"
+CLIENT_ID_PATTERN = r"^[0-9a-f]{24}$"
+CLIENT_SECRET_MAX = 128
+
+ClientName = Annotated[str, Field(pattern=CLIENT_NAME_PATTERN, examples=["nightly-scoring"])]
+ClientScope = Literal[CLIENT_SCOPES]  # type: ignore[valid-type]
+ClientScopes = Annotated[
+    list[ClientScope],
+    Field(min_length=1, max_length=len(CLIENT_SCOPES), description="scopes its tokens may carry"),
+]
+
+_CLIENT_ID = re.compile(CLIENT_ID_PATTERN)
+
+
+def is_valid_client_id(client_id: str) -> bool:
+    return bool(_CLIENT_ID.match(client_id))
+
+
+def canonical_scopes(scopes: list[str]) -> str:
+    """Space-separated, in the order of CLIENT_SCOPES, each once."""
+    return " ".join(s for s in CLIENT_SCOPES if s in set(scopes))
+
+
+class ClientCreate(_Strict):
+    name: ClientName
+    scopes: ClientScopes
+
+
+class ClientUpdate(_Strict):
+    """What an admin may change of a client. Fields left out are unchanged; disabling,
+    new scopes and a new secret revoke every token the client holds."""
+
+    model_config = ConfigDict(json_schema_extra={"minProperties": 1})
+
+    name: ClientName | None = None
+    scopes: ClientScopes | None = None
+    disabled: bool | None = None
+    rotate_secret: Annotated[
+        bool | None, Field(description="true: a new secret, shown once in the answer")
+    ] = None
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> ClientUpdate:
+        if not self.model_fields_set:
+            raise ValueError("nothing to change")
+        return self
+
+
+class ClientOut(BaseModel):
+    client_id: str
+    name: str
+    scopes: list[str]
+    disabled: bool
+    created_at: datetime
+    updated_at: datetime
+    client_secret: str | None = Field(
+        default=None, description="only when created or rotated: shown once, stored hashed"
+    )
 
 
 class TokenResponse(BaseModel):

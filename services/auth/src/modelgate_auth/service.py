@@ -175,23 +175,25 @@ class AuthService:
             ).all()
         )
 
-    def _issue(
-        self, session: Session, user: User, family_id: str, scope: str, now: int
-    ) -> TokenPair:
+    def access_token(
+        self, subject: str, role: str, scope: str, revoked_before: int
+    ) -> tuple[str, str, int]:
+        """A signed access token of ``subject``: (token, jti, expires_at). Every access
+        token, a user's or a client's, is made here with the same claims."""
         issued_at = int(time.time())
-        if issued_at <= user.revoked_before:
-            # The user's tokens were revoked within this second: a token issued now would
-            # be caught by the cutoff. Wait for the next second (rare; at most one second)
-            # rather than date the token in the future, which strict verifiers refuse.
-            time.sleep(min(2.0, max(0.0, user.revoked_before + 1 - time.time())))
-            issued_at = max(int(time.time()), user.revoked_before + 1)
+        if issued_at <= revoked_before:
+            # The subject's tokens were revoked within this second: a token issued now
+            # would be caught by the cutoff. Wait for the next second (rare; at most one
+            # second) rather than date the token in the future, which strict verifiers refuse.
+            time.sleep(min(2.0, max(0.0, revoked_before + 1 - time.time())))
+            issued_at = max(int(time.time()), revoked_before + 1)
         expires_at = issued_at + self.access_ttl
         jti = uuid.uuid4().hex
         claims: dict[str, Any] = {
             "iss": self.common.jwt_issuer,
             "aud": self.common.jwt_audience,
-            "sub": user.username,
-            "role": user.role,
+            "sub": subject,
+            "role": role,
             "scope": scope,
             "iat": issued_at,
             "nbf": issued_at,
@@ -199,7 +201,14 @@ class AuthService:
             "jti": jti,
         }
         kid, key = self.signer.current()
-        access = jwt.encode(claims, key, algorithm=ALGORITHM, headers={"kid": kid})
+        return jwt.encode(claims, key, algorithm=ALGORITHM, headers={"kid": kid}), jti, expires_at
+
+    def _issue(
+        self, session: Session, user: User, family_id: str, scope: str, now: int
+    ) -> TokenPair:
+        access, jti, expires_at = self.access_token(
+            user.username, user.role, scope, user.revoked_before
+        )
         refresh = secrets.token_urlsafe(32)
         session.add(
             RefreshToken(
