@@ -188,3 +188,21 @@ def test_a_tensor_shape_is_refused_before_anything_its_size_is_allocated(
     finally:
         tracemalloc.stop()
     assert peak < 1_000_000, f"{peak} bytes allocated before the shape was refused"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        v2("[5.1, 3.5, 1.4, 0.2]", shape="[" + "9" * 4300 + ", 4]"),
+        v2("[5.1, 3.5, 1.4, 0.2]", shape="[1, " + "9" * 4300 + "]"),
+        per_feature(sepal_length={"shape": [10**4299]}),
+    ],
+    ids=["rows", "width", "feature tensor rows"],
+)
+async def test_a_shape_of_thousands_of_digits_is_not_echoed_whole(
+    client: httpx.AsyncClient, headers: dict[str, str], body: bytes
+) -> None:
+    r = await client.post("/v2/models/iris/infer", content=body, headers=headers)
+    assert_names(r, ("inputs", 0, "shape"))
+    assert "4300 digits" in r.json()["error"]
+    assert len(r.text) < 1000

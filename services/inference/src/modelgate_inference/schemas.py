@@ -272,7 +272,8 @@ def inputs_to_matrix(request: InferenceRequest, schema: InputSchema) -> np.ndarr
         tensor = inputs[0]
         if len(tensor.shape) != 2 or tensor.shape[1] != n_features:
             raise invalid(
-                ("inputs", 0, "shape"), f"shape must be [rows, {n_features}], got {tensor.shape}"
+                ("inputs", 0, "shape"),
+                f"shape must be [rows, {n_features}], got {_shown_shape(tensor.shape)}",
             )
         rows = tensor.shape[0]
         _check_rows(rows, schema, ("inputs", 0, "shape"))
@@ -312,7 +313,16 @@ def inputs_to_matrix(request: InferenceRequest, schema: InputSchema) -> np.ndarr
 
 def _check_rows(rows: int, schema: InputSchema, loc: tuple[str | int, ...]) -> None:
     if not 1 <= rows <= schema.max_batch:
-        raise invalid(loc, f"rows must be between 1 and {schema.max_batch}, got {rows}")
+        raise invalid(loc, f"rows must be between 1 and {schema.max_batch}, got {_shown(rows)}")
+
+
+def _shown(n: int) -> str:
+    """A dimension for an error message: one of thousands of digits stays short."""
+    return str(n) if n < 10**15 else f"a number of {len(str(n))} digits"
+
+
+def _shown_shape(shape: list[int]) -> str:
+    return "[" + ", ".join(map(_shown, shape)) + "]"
 
 
 def requested_outputs(request: InferenceRequest) -> tuple[bool, bool]:
