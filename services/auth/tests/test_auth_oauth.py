@@ -8,8 +8,9 @@ import re
 from typing import Any
 
 import pytest
-from auth_testlib import USER_PASSWORD, bearer, login
+from auth_testlib import USER_PASSWORD, bearer, login, make_settings
 from fastapi.testclient import TestClient
+from modelgate_auth.main import create_app
 
 
 def _token(client: TestClient, form: dict[str, str], **kwargs: Any) -> Any:
@@ -208,3 +209,108 @@ def test_refresh_may_narrow_the_scope_but_never_widen_it(
     # The session keeps what it was granted: the next refresh without scope gets it all.
     again = _refresh_grant(client, narrowed.json()["refresh_token"])
     assert again.json()["scope"] == "models:read models:predict"
+
+
+# -- RFC 7009 revocation and RFC 8414 metadata ------------------------------------------
+def _revoke(client: TestClient, token: str, **extra: Any) -> Any:
+    headers = extra.pop("headers", None)
+    return client.post("/auth/revoke", data={"token": token, **extra}, headers=headers)
+
+
+def test_revoking_a_refresh_token_ends_its_session(
+    client: TestClient, user_tokens: dict[str, Any]
+) -> None:
+    response = _revoke(client, user_tokens["refresh_token"], token_type_hint="refresh_token")
+    assert response.status_code == 200
+    assert response.content == b""
+    assert response.headers["cache-control"] == "no-store"
+    _error(_refresh_grant(client, user_tokens["refresh_token"]), 400, "invalid_grant")
+    assert (
+        client.get("/auth/users/me", headers=bearer(user_tokens["access_token"])).status_code == 401
+    )
+
+
+def test_revoking_an_access_token_ends_only_that_token(
+    client: TestClient, user_tokens: dict[str, Any]
+) -> None:
+    # The hint is only a hint: a wrong one still finds the token.
+    response = _revoke(client, user_tokens["access_token"], token_type_hint="refresh_token")
+    assert response.status_code == 200
+    assert (
+        client.get("/auth/users/me", headers=bearer(user_tokens["access_token"])).status_code == 401
+    )
+    assert _refresh_grant(client, user_tokens["refresh_token"]).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "token",
+    ["made-up", "a.b.c", "x" * 4096, "eyJhbGciOiJub25lIn0.eyJzdWIiOiJhZG1pbiJ9."],
+    ids=["unknown", "not-a-jwt", "long", "alg-none"],
+)
+def test_unknown_tokens_are_answered_200(client: TestClient, token: str) -> None:
+    assert _revoke(client, token).status_code == 200
+
+
+def test_revocation_requests_are_checked(client: TestClient) -> None:
+    _error(client.post("/auth/revoke", data={}), 400, "invalid_request")
+    _error(_revoke(client, "t", token_type_hint="id_token"), 400, "unsupported_token_type")
+    _error(_revoke(client, "x" * 4097), 400, "invalid_request")
+    as_json = client.post("/auth/revoke", json={"token": "t"})
+    _error(as_json, 400, "invalid_request")
+    basic = base64.b64encode(b"0123456789abcdef01234567:wrong").decode()
+    wrong = _revoke(client, "t", headers={"Authorization": f"Basic {basic}"})
+    _error(wrong, 401, "invalid_client")
+
+
+def test_a_client_token_is_revoked_only_by_its_client(
+    client: TestClient, admin_token: str, user_tokens: dict[str, Any]
+) -> None:
+    made = []
+    for name in ("one", "two"):
+        body = {"name": name, "scopes": ["models:read"]}
+        made.append(client.post("/auth/clients", json=body, headers=bearer(admin_token)).json())
+    one, two = made
+
+    def basic(creds: dict[str, Any]) -> dict[str, str]:
+        raw = f"{creds['client_id']}:{creds['client_secret']}".encode()
+        return {"Authorization": "Basic " + base64.b64encode(raw).decode()}
+
+    grant = {"grant_type": "client_credentials"}
+    token = client.post("/auth/token", data=grant, headers=basic(one)).json()["access_token"]
+    # Not without its client, not by another client; a client cannot end user sessions.
+    _error(_revoke(client, token), 400, "unauthorized_client")
+    _error(_revoke(client, token, headers=basic(two)), 400, "unauthorized_client")
+    refresh = user_tokens["refresh_token"]
+    _error(_revoke(client, refresh, headers=basic(two)), 400, "unauthorized_client")
+    assert client.get("/auth/clients", headers=bearer(token)).status_code == 403  # still live
+    assert _revoke(client, token, headers=basic(one)).status_code == 200
+    assert client.get("/auth/clients", headers=bearer(token)).status_code == 401
+
+
+def test_metadata_names_every_endpoint_with_absolute_urls(
+    client: TestClient, settings: Any
+) -> None:
+    document = client.get("/.well-known/oauth-authorization-server").json()
+    base = f"https://localhost:{settings.https_port}"
+    assert document["issuer"] == base
+    assert document["token_endpoint"] == f"{base}/auth/token"
+    assert document["jwks_uri"] == f"{base}/auth/.well-known/jwks.json"
+    assert document["revocation_endpoint"] == f"{base}/auth/revoke"
+    assert document["grant_types_supported"] == ["password", "refresh_token", "client_credentials"]
+    assert {"client_secret_basic", "client_secret_post"} <= set(
+        document["token_endpoint_auth_methods_supported"]
+    )
+    assert "models:predict" in document["scopes_supported"]
+    assert document["response_types_supported"] == []
+
+
+def test_metadata_follows_the_configured_public_url(tmp_path: Any, redis_url: str) -> None:
+    settings = make_settings(tmp_path, redis_url, public_url="https://api.example.com/ml/")
+    with TestClient(create_app(settings)) as other:
+        document = other.get("/.well-known/oauth-authorization-server").json()
+    assert document["issuer"] == "https://api.example.com/ml"
+    assert document["token_endpoint"] == "https://api.example.com/ml/auth/token"
+
+
+def _me(client: TestClient, token: str) -> int:
+    return client.get("/auth/users/me", headers=bearer(token)).status_code

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from modelgate_common import CommonSettings
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -62,6 +63,34 @@ class AuthSettings(BaseSettings):
         description="seconds between pushes of persisted revocations into Redis (after a Redis "
         "restart or outage, and for revocations made by the CLI)",
     )
+
+    public_url: str | None = Field(
+        default=None,
+        description="the API's public base URL (https://host[:port][/prefix]) from which the "
+        "OAuth discovery document (RFC 8414) builds its absolute URLs; default "
+        "https://localhost:<MG_HTTPS_PORT>",
+    )
+    https_port: int = Field(
+        default=8443,
+        ge=1,
+        le=65_535,
+        validation_alias="MG_HTTPS_PORT",
+        description="MG_HTTPS_PORT: the port of the default public URL",
+    )
+
+    @field_validator("public_url")
+    @classmethod
+    def _https_base(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme != "https" or not parts.hostname or parts.query or parts.fragment:
+            raise ValueError("the public URL is https://host[:port][/prefix], no query")
+        return value.rstrip("/")
+
+    @property
+    def issuer_url(self) -> str:
+        return self.public_url or f"https://localhost:{self.https_port}"
 
     @model_validator(mode="after")
     def _one_database_setting(self) -> AuthSettings:

@@ -13,17 +13,19 @@ from typing import Annotated, Any, TypeVar
 import anyio
 from fastapi import APIRouter, Depends, Query, Request, Response, Security, status
 from modelgate_common import (
+    ADMIN_SCOPES,
     Forbidden,
     NotFound,
     Principal,
     SharedRateLimiter,
+    TokenVerifier,
     Unauthorized,
     authenticate,
     error_responses,
 )
 from slowapi.util import get_remote_address
 
-from .clients import ClientAuthFailed, ClientOutcome, ClientService, client_subject
+from .clients import CLIENT_ROLE, ClientAuthFailed, ClientOutcome, ClientService, client_subject
 from .db import Client, User
 from .keys import KeyStore
 from .oauth import (
@@ -31,6 +33,7 @@ from .oauth import (
     INVALID_SCOPE,
     UNAUTHORIZED_CLIENT,
     UNSUPPORTED_GRANT_TYPE,
+    UNSUPPORTED_TOKEN_TYPE,
     ClientCredentials,
     FormField,
     OAuthError,
@@ -283,6 +286,105 @@ async def _refresh_grant(request: Request, service: AuthService, form: dict[str,
         raise OAuthError(INVALID_GRANT, exc.message) from None
     except InvalidScope as exc:
         raise OAuthError(INVALID_SCOPE, exc.message) from None
+
+
+REVOKE_FORM = (
+    FormField("token", 4096, "the refresh token or access token to revoke"),
+    FormField("token_type_hint", 32, "refresh_token or access_token"),
+    FormField("client_id", 256, "client_secret_post: the client's id"),
+    FormField("client_secret", 256, "client_secret_post: the client's secret"),
+)
+TOKEN_TYPE_HINTS = ("refresh_token", "access_token")
+
+
+@router.post(
+    "/auth/revoke",
+    status_code=status.HTTP_200_OK,
+    response_class=Response,
+    responses={
+        200: {"description": "Revoked, or no such token"},
+        **error_responses(400, 401, 429, 503),
+    },
+    tags=["tokens"],
+    summary="OAuth2 token revocation (RFC 7009)",
+    openapi_extra=form_schema(REVOKE_FORM, required=("token",)),
+)
+async def revoke(request: Request, service: Service, clients: Clients) -> Response:
+    """Revoke a token: a refresh token ends its whole session (every token rotated from
+    it and the access tokens issued beside them), an access token ends itself. A token
+    that is unknown, expired or not ours is answered 200 as well (RFC 7009 §2.2). A user's
+    tokens need no client authentication; a service account's tokens are revoked only
+    by that client, authenticated as at the token endpoint."""
+    form = await read_form(request, REVOKE_FORM)
+    credentials = client_credentials(request, form)
+    owner: str | None = None
+    if credentials is not None and credentials.secret is not None:
+        client = await authenticate_client(request, clients, credentials)
+        owner = client_subject(client.client_id)
+    require(form, "token")
+    hint = form.get("token_type_hint")
+    if hint is not None and hint not in TOKEN_TYPE_HINTS:
+        raise OAuthError(
+            UNSUPPORTED_TOKEN_TYPE, "token_type_hint must be refresh_token or access_token"
+        )
+    token = form["token"]
+    ip = _client_ip(request)
+    revocations: list[Any] | None = None
+    if token.count(".") == 2:  # a JWT: one of our access tokens if its signature verifies
+        verifier: TokenVerifier = request.app.state.verifier
+        try:
+            principal = await verifier.verify(token, check_revocation=False)
+        except Unauthorized:
+            principal = None
+        if principal is not None:
+            issued_to = principal.subject if principal.role == CLIENT_ROLE else None
+            if issued_to != owner:
+                raise OAuthError(UNAUTHORIZED_CLIENT, "the token was not issued to this client")
+            revocations = await _run(
+                request,
+                service.revoke_access_token,
+                principal.subject,
+                principal.token_id,
+                principal.expires_at,
+                ip,
+            )
+    else:
+        if owner is not None:  # refresh tokens belong to user sessions, never to a client
+            raise OAuthError(UNAUTHORIZED_CLIENT, "the token was not issued to this client")
+        revocations = await _run(request, service.revoke_refresh_token, token, ip)
+    if revocations:
+        await _push(request, revocations)
+    return Response(status_code=200, headers={"Cache-Control": "no-store", "Pragma": "no-cache"})
+
+
+@router.get(
+    "/.well-known/oauth-authorization-server",
+    tags=["tokens"],
+    summary="OAuth 2.0 authorization server metadata (RFC 8414)",
+)
+async def authorization_server_metadata(request: Request) -> dict[str, Any]:
+    """Where the endpoints are and what they support, as absolute URLs built from the
+    configured public URL (``MG_AUTH_PUBLIC_URL``)."""
+    base: str = request.app.state.settings.issuer_url
+    return {
+        "issuer": base,
+        "token_endpoint": f"{base}/auth/token",
+        "jwks_uri": f"{base}/auth/.well-known/jwks.json",
+        "revocation_endpoint": f"{base}/auth/revoke",
+        "grant_types_supported": ["password", "refresh_token", "client_credentials"],
+        "token_endpoint_auth_methods_supported": [
+            "client_secret_basic",
+            "client_secret_post",
+            "none",
+        ],
+        "revocation_endpoint_auth_methods_supported": [
+            "client_secret_basic",
+            "client_secret_post",
+            "none",
+        ],
+        "scopes_supported": list(ADMIN_SCOPES),
+        "response_types_supported": [],
+    }
 
 
 @router.post(

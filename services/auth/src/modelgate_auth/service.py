@@ -537,3 +537,36 @@ class AuthService:
                 revocations += self._revoke_family(session, family, now, seen)
         audit("logout", user=subject, jti=jti)
         return revocations
+
+    # -- RFC 7009 revocation ---------------------------------------------------------
+    def revoke_refresh_token(
+        self, refresh_token: str, client_ip: str | None
+    ) -> list[PendingRevocation] | None:
+        """Revoke the session (refresh family) of a refresh token: the token, those
+        rotated from it and the access tokens issued beside them. None when no such
+        refresh token exists (the caller answers 200 all the same, RFC 7009 §2.2)."""
+        now = int(time.time())
+        with self.sessions.begin() as session:
+            row = session.get(RefreshToken, hash_refresh_token(refresh_token))
+            family = session.get(RefreshFamily, row.family_id) if row is not None else None
+            if family is None:
+                return None
+            owner = session.get(User, family.user_id)
+            revocations = self._revoke_family(session, family, now)
+        audit(
+            "token_revoked",
+            kind="refresh_token",
+            user=owner.username if owner else None,
+            family=family.id,
+            client_ip=client_ip,
+        )
+        return revocations
+
+    def revoke_access_token(
+        self, subject: str, jti: str, expires_at: int, client_ip: str | None
+    ) -> list[PendingRevocation]:
+        """Revoke one (verified) access token until it would have expired anyway."""
+        with self.sessions.begin() as session:
+            revocations = [revoke_jti(session, jti, expires_at + self.common.jwt_leeway)]
+        audit("token_revoked", kind="access_token", subject=subject, jti=jti, client_ip=client_ip)
+        return revocations
