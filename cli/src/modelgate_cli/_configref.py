@@ -77,7 +77,8 @@ def _rows(cls: type[BaseSettings]) -> list[str]:
         annotation = field.annotation
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
             continue  # nested settings (CommonSettings) have their own table
-        env = f"{prefix}{name}".upper()
+        alias = field.validation_alias  # a variable shared under its own name
+        env = (alias if isinstance(alias, str) else f"{prefix}{name}").upper()
         description = (field.description or "").replace("|", "\\|").replace("\n", " ")
         rows.append(f"| `{env}` | {_type(annotation)} | {_default(field)} | {description} |")
     return rows
