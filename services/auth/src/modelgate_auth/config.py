@@ -75,7 +75,7 @@ class AuthSettings(BaseSettings):
         ge=1,
         le=65_535,
         validation_alias="MG_HTTPS_PORT",
-        description="the API's HTTPS port (the native stack's setting), read for the default public URL",
+        description="the API's HTTPS port (native stack), read for the default public URL",
     )
 
     @field_validator("public_url")
