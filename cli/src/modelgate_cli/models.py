@@ -1,4 +1,4 @@
-"""`modelgate model`: build, register, edit, sign, verify and list signed models.
+"""`modelgate model`: build, register, edit, sign, verify, list and load signed models.
 
 The private model-signing key (secrets/model_signing_key) is used only here;
 the inference service holds the public key alone.
@@ -6,6 +6,8 @@ the inference service holds the public key alone.
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -77,25 +79,31 @@ def build_demo_command(
 def register_command(
     name: Annotated[str, typer.Argument(help="model name: lowercase letters, digits, _ and -")],
     artifact: Annotated[
-        Path, typer.Argument(help="a fitted scikit-learn classifier saved with joblib")
+        Path,
+        typer.Argument(
+            help="a fitted scikit-learn classifier, regressor or Pipeline, or an XGBoost / "
+            "LightGBM model (scikit-learn API), saved with joblib"
+        ),
     ],
     data: Annotated[
         Path,
         typer.Option(
-            help="CSV of training data: a header of feature names, numeric rows; gives the "
-            "input schema and bounds, reference rows and (with --target) accuracy"
+            help="CSV of training data: a header of column names, rows of numbers and text "
+            "(string columns); gives the input schema (bounds, categories), reference rows "
+            "and (with --target) accuracy or error"
         ),
     ],
     target: Annotated[
-        str | None, typer.Option(help="column of --data holding the true class")
+        str | None, typer.Option(help="column of --data holding the true class or value")
     ] = None,
     version: Annotated[
         str | None, typer.Option(help="version to write; default the next free one")
     ] = None,
     description: Annotated[str, typer.Option(help="free text for the listing")] = "",
 ) -> None:
-    """Add your own model as a new signed version. Unpickling ARTIFACT runs the code
-    it holds: register only files you built yourself."""
+    """Add your own model as a new signed version, converted to ONNX when the graph
+    reproduces the model, else served by its own library. Unpickling ARTIFACT runs
+    the code it holds: register only files you built yourself."""
     from modelgate_inference.builder import read_csv, register
 
     paths = ProjectPaths.from_env()
@@ -114,8 +122,14 @@ def register_command(
         )
     except (OSError, ValueError) as exc:
         raise _fail(str(exc)) from None
+    manifest = json.loads((folder / "manifest.json").read_text())
     typer.echo(f"registered {name} version {folder.name} in {folder}")
-    typer.echo(f"serve it: POST /v1/models/{name}/load (scope models:admin), or restart")
+    typer.echo(f"{manifest['task']}, {len(manifest['input']['features'])} features")
+    typer.echo(f"runtime: {manifest['runtime_reason']}")
+    typer.echo(
+        f"serve it: modelgate model load {name}, or POST /v1/models/{name}/load "
+        "(scope models:admin)"
+    )
 
 
 @app.command("edit")
@@ -244,9 +258,53 @@ def list_command() -> None:
             except ModelRefused as exc:
                 typer.echo(f"{model:<16} {v:>4}  REFUSED: {exc.reason}")
                 continue
-            runtimes = "onnx+sklearn" if manifest.artifacts.onnx else "sklearn"
+            runtimes = f"onnx+{manifest.library}" if manifest.artifacts.onnx else manifest.library
             metric = ", ".join(f"{k}={val:.3g}" for k, val in manifest.metrics.items())
             typer.echo(
                 f"{model:<16} {v:>4}  {manifest.created}  {manifest.estimator} "
-                f"({runtimes}), {len(manifest.input.features)} features, {metric}"
+                f"({manifest.task}, {runtimes}), {len(manifest.input.features)} features, "
+                f"{metric}"
             )
+
+
+@app.command("load")
+def load_command(
+    name: Annotated[str, typer.Argument(help="model name")],
+    version: Annotated[
+        str | None, typer.Option(help="version to serve; default the newest in the store")
+    ] = None,
+    user: Annotated[str, typer.Option(help="an admin's user name")] = "admin",
+    password_stdin: Annotated[
+        bool,
+        typer.Option(
+            "--password-stdin", help="read the password from stdin; default secrets/admin_password"
+        ),
+    ] = False,
+    url: Annotated[
+        str | None,
+        typer.Option(help="the stack's HTTPS address; default https://localhost:$MG_HTTPS_PORT"),
+    ] = None,
+) -> None:
+    """Serve a registered version in every worker of the running stack: signs in as
+    an admin (a token narrowed to models:admin) and calls POST /v1/models/NAME/load."""
+    import sys
+
+    from ._load import LoadFailed, load_over_https
+
+    paths = ProjectPaths.from_env()
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        try:
+            password = (paths.secrets / "admin_password").read_text().strip()
+        except OSError:
+            raise _fail("no secrets/admin_password; use --password-stdin") from None
+    base = url or f"https://localhost:{os.environ.get('MG_HTTPS_PORT', '8443')}"
+    try:
+        result = load_over_https(base, paths.certs / "ca.pem", user, password, name, version)
+    except LoadFailed as exc:
+        raise _fail(str(exc)) from None
+    typer.echo(
+        f"serving {result['model']} version {result['version']} "
+        f"({result['switched']} of {result['workers']} workers switched)"
+    )

@@ -104,7 +104,9 @@ V1_BODY_CASES: list[tuple[str, bytes, tuple[object, ...]]] = [
 ]
 
 V2_CASES: list[tuple[str, bytes, tuple[object, ...]]] = [
-    ("BYTES datatype", v2('["a", "b", "c", "d"]', datatype="BYTES"), ("inputs", 0, "data")),
+    ("BYTES datatype", v2('["a", "b", "c", "d"]', datatype="BYTES"), ("inputs", 0, "datatype")),
+    ("strings as FP64", v2('["a", "b", "c", "d"]'), ("inputs", 0, "data")),
+    ("numbers and strings", v2('[1.0, "b", 2.0, 3.0]'), ("inputs", 0, "data")),
     ("BOOL datatype", v2("[1, 2, 3, 4]", datatype="BOOL"), ("inputs", 0, "datatype")),
     ("unknown datatype", v2("[1, 2, 3, 4]", datatype="FP128"), ("inputs", 0, "datatype")),
     ("string in data", v2('[5.1, "3.5", 1.4, 0.2]'), ("inputs", 0, "data", 1)),

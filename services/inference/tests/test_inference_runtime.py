@@ -10,7 +10,7 @@ from pathlib import Path
 import joblib
 import numpy as np
 import pytest
-from modelgate_inference.builder import convert_exact, probe_rows
+from modelgate_inference.builder import TrainingData, convert_exact, probe_rows
 from modelgate_inference.runtime import OnnxRuntime, load_model
 from modelgate_inference.store import ModelRefused, load_private_key, load_public_key, sign_bytes
 from sklearn.datasets import load_iris
@@ -51,9 +51,10 @@ def test_inexact_onnx_graph_falls_back_to_sklearn(
 
     iris = load_iris()
     stump = DecisionTreeClassifier(max_depth=1, random_state=0).fit(iris.data, iris.target)
-    converted = convert_exact(stump, iris.data)
-    assert converted is not None
-    graph = converted[0]
+    features = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
+    converted = convert_exact(stump, TrainingData.from_matrix(features, iris.data, None, "iris"))
+    assert converted.graph is not None
+    graph = converted.graph
     folder = store / "iris" / "1"
     (folder / "model.onnx").write_bytes(graph)
     manifest = json.loads((folder / "manifest.json").read_text())

@@ -326,7 +326,7 @@ def test_versions_are_immutable(store: Path, signing_keys: tuple[Path, Path]) ->
     from sklearn.datasets import load_iris
 
     data = load_iris()
-    training = TrainingData(
+    training = TrainingData.from_matrix(
         ["sepal_length", "sepal_width", "petal_length", "petal_width"], data.data, None, "iris"
     )
     with pytest.raises(FileExistsError):

@@ -1,17 +1,26 @@
 """Building store entries: train the demo models, register an operator's model,
 convert to ONNX with an exactness check, write and sign the manifest.
 
+Registration takes scikit-learn classifiers and regressors (Pipelines
+included, with string columns one-hot encoded by a ColumnTransformer when
+fitted on a DataFrame) and XGBoost / LightGBM models through their
+scikit-learn API. Each is converted to ONNX (skl2onnx, onnxmltools) and the
+graph is kept only when it reproduces the estimator on the training rows,
+random rows and rows on every split threshold; otherwise the library's own
+runtime serves from the signed joblib artifact. The manifest says which and why.
+
 This module is for the operator's command line; the service never imports it
-(it pulls in scikit-learn and skl2onnx, which the serving path does not need).
+(it pulls in the converters, which the serving path does not need).
 """
 
 from __future__ import annotations
 
-import csv
+import copy
 import datetime as dt
 import io
 import logging
 import platform
+import re
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -24,13 +33,24 @@ import orjson
 from modelgate_common import write_public
 from pydantic import ValidationError
 
-from .runtime import OnnxRuntime, reference_mismatch
+from .runtime import (
+    REGRESSION_TOLERANCE,
+    NativeRuntime,
+    OnnxRuntime,
+    final_estimator,
+    library_of,
+    reference_mismatch,
+    regression_close,
+)
+from .schemas import Batch, Table
 from .store import (
     FEATURE_PATTERN,
     MANIFEST_FILE,
     MANIFEST_FORMAT,
     MAX_ARTIFACT_BYTES,
     MAX_MANIFEST_BYTES,
+    MAX_CATEGORIES,
+    MAX_CATEGORY_CHARS,
     SIGNATURE_FILE,
     Manifest,
     ModelRefused,
@@ -52,14 +72,53 @@ RANDOM_PROBES = 5000
 MAX_THRESHOLD_PROBES = 60_000
 SKLEARN_FILE = "model.joblib"
 ONNX_FILE = "model.onnx"
+OPSET = {"": 17, "ai.onnx.ml": 3}
+BOOSTER_OPSET = 15  # the highest onnxmltools' XGBoost and LightGBM converters support
 
 
 @dataclass(frozen=True)
 class TrainingData:
+    """Training rows as named columns: float64 arrays for numbers, object arrays of
+    str for string columns; ``y`` the target, when given."""
+
     features: list[str]
-    X: np.ndarray
+    columns: dict[str, np.ndarray]
     y: np.ndarray | None
     description: str
+
+    @classmethod
+    def from_matrix(
+        cls, features: list[str], X: np.ndarray, y: np.ndarray | None, description: str
+    ) -> TrainingData:
+        X = np.asarray(X, dtype=np.float64)
+        return cls(features, {f: X[:, i] for i, f in enumerate(features)}, y, description)
+
+    @property
+    def rows(self) -> int:
+        return len(self.columns[self.features[0]])
+
+    def is_string(self, feature: str) -> bool:
+        return self.columns[feature].dtype == object
+
+    @property
+    def tabular(self) -> bool:
+        return any(self.is_string(f) for f in self.features)
+
+    @property
+    def X(self) -> np.ndarray:
+        """The numeric features as one (rows, features) float64 matrix."""
+        return np.column_stack([self.columns[f] for f in self.features])
+
+    def batch(self, index: np.ndarray | None = None) -> Batch:
+        """The rows (all, or those at ``index``) as the service hands them to a runtime."""
+        columns = {f: c if index is None else c[index] for f, c in self.columns.items()}
+        rows = self.rows if index is None else len(index)
+        if self.tabular:
+            return Table(columns, rows)
+        return np.column_stack([columns[f] for f in self.features]).reshape(rows, -1)
+
+    def reordered(self, features: list[str]) -> TrainingData:
+        return TrainingData(features, self.columns, self.y, self.description)
 
 
 # --- demo models -----------------------------------------------------------------------------
@@ -74,7 +133,9 @@ def _iris() -> tuple[Any, TrainingData]:
     # (random_state fixed so a rebuild gives the same forest).
     model = RandomForestClassifier(random_state=0)
     features = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
-    return model, TrainingData(features, data.data, data.target, "scikit-learn iris (150 rows)")
+    return model, TrainingData.from_matrix(
+        features, data.data, data.target, "scikit-learn iris (150 rows)"
+    )
 
 
 def _breast_cancer() -> tuple[Any, TrainingData]:
@@ -84,7 +145,7 @@ def _breast_cancer() -> tuple[Any, TrainingData]:
     data = load_breast_cancer()
     model = RandomForestClassifier(n_estimators=100, min_samples_leaf=1, random_state=0)
     features = [str(n).replace(" ", "_") for n in data.feature_names]
-    return model, TrainingData(
+    return model, TrainingData.from_matrix(
         features, data.data, data.target, "scikit-learn breast cancer Wisconsin (569 rows)"
     )
 
@@ -131,35 +192,158 @@ def _cross_validate(model: Any, data: TrainingData) -> dict[str, float]:
 
 
 def read_csv(path: Path, target: str | None) -> TrainingData:
-    """Training data: a header row of feature names, then numeric rows."""
-    import re
+    """Training data: a header row of feature names, then rows of numbers and, for
+    string columns, text (read by pandas: a column with any non-number is a string
+    column). Empty cells and infinite numbers are refused."""
+    import pandas as pd
 
-    with path.open(newline="", encoding="utf-8") as handle:
-        rows = list(csv.reader(handle))
-    if len(rows) < 2:
+    try:
+        frame = pd.read_csv(path, skipinitialspace=True)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path.name} is not a readable CSV file ({exc})") from None
+    frame.columns = [str(c).strip() for c in frame.columns]
+    if len(frame) < 1:
         raise ValueError("the data file needs a header row and at least one data row")
-    header = [h.strip() for h in rows[0]]
     pattern = re.compile(FEATURE_PATTERN)
-    for name in header:
+    for name in frame.columns:
         if not pattern.match(name):
             raise ValueError(
                 f"column name {name!r} is not a valid feature name ({FEATURE_PATTERN})"
             )
-    if target is not None and target not in header:
+    if target is not None and target not in frame.columns:
         raise ValueError(f"target column {target!r} is not in the header")
-    features = [h for h in header if h != target]
-    table = rows[1:]
-    X = np.array([[float(r[header.index(f)]) for f in features] for r in table], dtype=np.float64)
-    if not np.isfinite(X).all():
-        raise ValueError("the data file holds NaN or infinite values")
+    features = [c for c in frame.columns if c != target]
+    if not features:
+        raise ValueError("the data file has no feature columns")
+    columns: dict[str, np.ndarray] = {}
+    for name in features:
+        column = frame[name]
+        if column.isna().any():
+            raise ValueError(f"column {name!r} has empty cells")
+        if pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column):
+            values = column.to_numpy(dtype=np.float64)
+            if not np.isfinite(values).all():
+                raise ValueError(f"column {name!r} holds infinite values")
+            columns[name] = values
+        else:
+            values = np.array([str(v) for v in column], dtype=object)
+            if max(len(v) for v in values) > MAX_CATEGORY_CHARS:
+                raise ValueError(f"column {name!r} has values over {MAX_CATEGORY_CHARS} characters")
+            columns[name] = values
     y = None
     if target is not None:
-        raw = [r[header.index(target)] for r in table]
-        try:
-            y = np.array([int(v) for v in raw])
-        except ValueError:
-            y = np.array(raw)
-    return TrainingData(features, X, y, f"{path.name} ({len(X)} rows)")
+        raw = frame[target]
+        if raw.isna().any():
+            raise ValueError(f"target column {target!r} has empty cells")
+        if pd.api.types.is_integer_dtype(raw):
+            y = raw.to_numpy(dtype=np.int64)
+        elif pd.api.types.is_float_dtype(raw):
+            y = raw.to_numpy(dtype=np.float64)
+        else:
+            y = np.array([str(v) for v in raw])
+    return TrainingData(features, columns, y, f"{path.name} ({len(frame)} rows)")
+
+
+def _task_of(estimator: Any) -> str:
+    from sklearn.base import is_classifier, is_regressor
+
+    if is_classifier(estimator) and hasattr(estimator, "predict_proba"):
+        if not hasattr(estimator, "classes_"):
+            raise ValueError("the classifier is not fitted (no classes_)")
+        return "classification"
+    if is_regressor(estimator):
+        return "regression"
+    raise ValueError(
+        "the artifact is not a fitted scikit-learn classifier or regressor "
+        "(or an XGBoost / LightGBM model through their scikit-learn API)"
+    )
+
+
+def _fitted_features(estimator: Any, data: TrainingData) -> TrainingData:
+    """The data's features in the order the estimator was fitted with (by name when
+    it was fitted on a DataFrame, by count otherwise)."""
+    names = getattr(estimator, "feature_names_in_", None)
+    if names is not None and all(isinstance(n, str) for n in names):
+        fitted = [str(n) for n in names]
+        if sorted(fitted) != sorted(data.features):
+            missing = sorted(set(fitted) - set(data.features))
+            extra = sorted(set(data.features) - set(fitted))
+            raise ValueError(
+                "the model was fitted on other columns than the data has "
+                f"(missing from the data: {missing or 'none'}; not in the model: {extra or 'none'})"
+            )
+        return data.reordered(fitted)
+    if data.tabular:
+        raise ValueError(
+            "the data has string columns but the model was not fitted on a DataFrame "
+            "(fit it on a pandas DataFrame with these column names)"
+        )
+    n_in = getattr(estimator, "n_features_in_", len(data.features))
+    if n_in != len(data.features):
+        raise ValueError(f"the model takes {n_in} features; the data has {len(data.features)}")
+    return data
+
+
+def _encoders(estimator: Any) -> list[tuple[Any, list[str]]]:
+    """(encoder, the input columns it encodes) for every OneHotEncoder and
+    OrdinalEncoder of the estimator: its own steps, and inside ColumnTransformers."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder
+
+    found: list[tuple[Any, list[str]]] = []
+
+    def visit(node: Any, columns: list[str] | None) -> None:
+        if isinstance(node, OneHotEncoder | OrdinalEncoder):
+            names = getattr(node, "feature_names_in_", None)
+            cols = [str(n) for n in names] if names is not None else columns
+            if cols is not None:
+                found.append((node, cols))
+        elif isinstance(node, Pipeline):
+            for _, step in node.steps:
+                visit(step, columns)
+                columns = None  # later steps see transformed columns
+        elif isinstance(node, ColumnTransformer):
+            names = [str(n) for n in getattr(node, "feature_names_in_", [])]
+            for _, transformer, selected in node.transformers_:
+                if isinstance(selected, str):
+                    selected = [selected]
+                picked = list(selected) if isinstance(selected, list | tuple | np.ndarray) else []
+                cols = [
+                    str(c) if isinstance(c, str) else names[int(c)]
+                    for c in picked
+                    if isinstance(c, str) or (names and not isinstance(c, bool))
+                ]
+                visit(transformer, cols or None)
+
+    visit(estimator, None)
+    return found
+
+
+def string_features(estimator: Any, data: TrainingData) -> dict[str, tuple[list[str], bool]]:
+    """Per string column: its categories and whether an unknown one is accepted. The
+    encoder's own categories and ``handle_unknown`` decide where an encoder covers the
+    column; otherwise the training values, and unknown ones are refused."""
+    from sklearn.preprocessing import OneHotEncoder
+
+    policy: dict[str, tuple[list[str], bool]] = {}
+    for encoder, cols in _encoders(estimator):
+        if isinstance(encoder, OneHotEncoder):
+            accept = encoder.handle_unknown in ("ignore", "infrequent_if_exist")
+        else:
+            accept = encoder.handle_unknown == "use_encoded_value"
+        for col, cats in zip(cols, encoder.categories_, strict=False):
+            if col in data.columns and data.is_string(col):
+                policy[col] = ([str(c) for c in cats], accept)
+    for name in data.features:
+        if data.is_string(name) and name not in policy:
+            policy[name] = (sorted(set(data.columns[name].tolist())), False)
+    for name, (cats, _) in policy.items():
+        if len(cats) > MAX_CATEGORIES:
+            raise ValueError(
+                f"column {name!r} has {len(cats)} categories; at most {MAX_CATEGORIES}"
+            )
+    return policy
 
 
 def register(
@@ -172,7 +356,7 @@ def register(
     version: str | None = None,
     description: str = "",
 ) -> Path:
-    """Add an operator's fitted classifier as a new signed version.
+    """Add an operator's fitted classifier or regressor as a new signed version.
 
     Unpickling ``artifact`` runs whatever code it holds: register only files
     you built yourself. The service never loads unsigned files.
@@ -180,14 +364,23 @@ def register(
     import joblib
 
     estimator = joblib.load(artifact)
-    if not (hasattr(estimator, "predict_proba") and hasattr(estimator, "classes_")):
-        raise ValueError("the artifact is not a fitted scikit-learn classifier")
-    n_in = getattr(estimator, "n_features_in_", len(data.features))
-    if n_in != len(data.features):
-        raise ValueError(f"the model takes {n_in} features; the data has {len(data.features)}")
-    metrics: dict[str, float] = {"rows": float(len(data.X))}
+    task = _task_of(estimator)
+    data = _fitted_features(estimator, data)
+    native = NativeRuntime(estimator, library_of(estimator), data.features)
+    try:
+        predictions, _ = native.predict(data.batch(), False)
+    except Exception as exc:  # the operator's model and data disagree: say how
+        raise ValueError(
+            f"the model cannot predict the data ({type(exc).__name__}: {exc})"
+        ) from None
+    metrics: dict[str, float] = {"rows": float(data.rows)}
     if data.y is not None:
-        metrics["accuracy_on_data"] = float((estimator.predict(data.X) == data.y).mean())
+        if task == "classification":
+            metrics["accuracy_on_data"] = float((predictions == data.y).mean())
+        else:
+            errors = np.asarray(predictions, dtype=np.float64) - data.y.astype(np.float64)
+            metrics["mae_on_data"] = float(np.abs(errors).mean())
+            metrics["rmse_on_data"] = float(np.sqrt((errors**2).mean()))
     return write_version(
         store,
         private_key_path,
@@ -209,105 +402,315 @@ def next_version(store: Path, name: str) -> str:
 
 
 def _is_tree_model(estimator: Any) -> bool:
-    from sklearn.ensemble import ExtraTreesClassifier, RandomForestClassifier
-    from sklearn.tree import DecisionTreeClassifier, ExtraTreeClassifier
+    from sklearn.ensemble import (
+        ExtraTreesClassifier,
+        ExtraTreesRegressor,
+        RandomForestClassifier,
+        RandomForestRegressor,
+    )
+    from sklearn.tree import (
+        DecisionTreeClassifier,
+        DecisionTreeRegressor,
+        ExtraTreeClassifier,
+        ExtraTreeRegressor,
+    )
 
     return isinstance(
         estimator,
         RandomForestClassifier
         | ExtraTreesClassifier
         | DecisionTreeClassifier
-        | ExtraTreeClassifier,
+        | ExtraTreeClassifier
+        | RandomForestRegressor
+        | ExtraTreesRegressor
+        | DecisionTreeRegressor
+        | ExtraTreeRegressor,
     )
 
 
-def _trees(estimator: Any) -> list[Any]:
-    return list(getattr(estimator, "estimators_", [estimator]))
+def _split_thresholds(estimator: Any, features: list[str]) -> list[tuple[int, float]]:
+    """(feature index, threshold) of every split of a tree model: scikit-learn trees,
+    XGBoost and LightGBM boosters (their trees as tables)."""
+    library = library_of(estimator)
+    if library == "sklearn":
+        if not _is_tree_model(estimator):
+            return []
+        splits: list[tuple[int, float]] = []
+        for tree in getattr(estimator, "estimators_", [estimator]):
+            inner = tree.tree_.children_left >= 0
+            splits.extend(
+                (int(f), float(t))
+                for f, t in zip(tree.tree_.feature[inner], tree.tree_.threshold[inner], strict=True)
+            )
+        return splits
+    if final_estimator(estimator) is not estimator:
+        return []
+    if library == "xgboost":
+        booster = estimator.get_booster()
+        table = booster.trees_to_dataframe()
+        table = table[table["Feature"] != "Leaf"]
+        names = booster.feature_names or [f"f{i}" for i in range(len(features))]
+        pairs = zip(table["Feature"], table["Split"], strict=True)
+    else:
+        booster = estimator.booster_
+        table = booster.trees_to_dataframe()
+        table = table[table["split_feature"].notna()]
+        names = booster.feature_name()
+        pairs = zip(table["split_feature"], table["threshold"], strict=True)
+    index = {str(n): i for i, n in enumerate(names)}
+    return [(index[str(f)], float(t)) for f, t in pairs if str(f) in index]
 
 
-def probe_rows(estimator: Any, X: np.ndarray, seed: int = 0) -> np.ndarray:
+def probe_batch(estimator: Any, data: TrainingData, seed: int = 0) -> Batch:
     """Rows that stress a conversion: the training rows, random rows inside the
-    observed range, and for tree models rows sitting on and next to every split
-    threshold (where a float32 rounding would send a row the other way)."""
+    observed range (random training categories for strings), and for tree models
+    rows sitting on and next to every split threshold (where a float32 rounding
+    would send a row the other way)."""
     rng = np.random.default_rng(seed)
+    if data.tabular:
+        columns: dict[str, np.ndarray] = {}
+        for name in data.features:
+            column = data.columns[name]
+            if data.is_string(name):
+                drawn = rng.choice(
+                    np.array(sorted(set(column.tolist())), dtype=object), RANDOM_PROBES
+                )
+            else:
+                drawn = rng.uniform(column.min(), column.max(), RANDOM_PROBES)
+            columns[name] = np.concatenate([column, drawn])
+        return Table(columns, data.rows + RANDOM_PROBES)
+    X = data.X
     low, high = X.min(axis=0), X.max(axis=0)
     parts = [X, rng.uniform(low, high, size=(RANDOM_PROBES, X.shape[1]))]
-    if _is_tree_model(estimator):
-        probes = []
-        for tree in _trees(estimator):
-            inner = tree.tree_.children_left >= 0
-            for feature, threshold in zip(
-                tree.tree_.feature[inner], tree.tree_.threshold[inner], strict=True
-            ):
-                t32 = np.float32(threshold)
-                for value in (
-                    np.nextafter(t32, np.float32(-np.inf)),
-                    t32,
-                    np.nextafter(t32, np.float32(np.inf)),
-                    threshold,
-                ):
-                    row = X[rng.integers(len(X))].copy()
-                    row[feature] = value
-                    probes.append(row)
-            if len(probes) >= MAX_THRESHOLD_PROBES:
-                break
-        if probes:
-            parts.append(np.asarray(probes))
+    probes = []
+    for feature, threshold in _split_thresholds(estimator, data.features):
+        t32 = np.float32(threshold)
+        for value in (
+            np.nextafter(t32, np.float32(-np.inf)),
+            t32,
+            np.nextafter(t32, np.float32(np.inf)),
+            threshold,
+        ):
+            row = X[rng.integers(len(X))].copy()
+            row[feature] = value
+            probes.append(row)
+        if len(probes) >= MAX_THRESHOLD_PROBES:
+            break
+    if probes:
+        parts.append(np.asarray(probes))
     return np.vstack(parts)
 
 
-def convert_exact(estimator: Any, X: np.ndarray) -> tuple[bytes, str, int] | None:
-    """An ONNX graph whose labels equal the estimator's on every probe row, with
-    its input dtype and the number of rows checked; None when there is none."""
-    from skl2onnx import to_onnx
-    from skl2onnx.common.data_types import DoubleTensorType, FloatTensorType
+def probe_rows(estimator: Any, X: np.ndarray, seed: int = 0) -> np.ndarray:
+    """``probe_batch`` of a numeric matrix with generated feature names."""
+    features = [f"f{i}" for i in range(X.shape[1])]
+    batch = probe_batch(estimator, TrainingData.from_matrix(features, X, None, ""), seed)
+    assert isinstance(batch, np.ndarray)
+    return batch
 
-    probes = probe_rows(estimator, X)
-    expected = estimator.predict(probes)
-    expected_proba = estimator.predict_proba(probes)
+
+@dataclass(frozen=True)
+class Conversion:
+    """The outcome of the exactness check: an exact graph (and its input dtype), or
+    none; ``reason`` says which runtime serves and why, for the manifest."""
+
+    graph: bytes | None
+    dtype: str
+    checked: int
+    reason: str
+    converter: dict[str, str]
+
+
+def _graphs(estimator: Any, data: TrainingData, task: str) -> list[tuple[str, Callable[[], bytes]]]:
+    """(input dtype, build the graph) to try, best first."""
+    library = library_of(estimator)
+    n = len(data.features)
+    if library != "sklearn":
+        if final_estimator(estimator) is not estimator or data.tabular:
+            return []
+        from onnxmltools.convert.common.data_types import FloatTensorType as MLFloat
+
+        def boosted() -> bytes:
+            from onnxmltools import convert_lightgbm, convert_xgboost
+
+            types = [("input", MLFloat([None, n]))]
+            if library == "xgboost":
+                # The converter reads features as f0, f1, ... by position: a copy without
+                # the DataFrame's column names (the graph takes the columns in that order).
+                unnamed = copy.deepcopy(estimator)
+                unnamed.get_booster().feature_names = None
+                graph = convert_xgboost(unnamed, initial_types=types, target_opset=BOOSTER_OPSET)
+            else:
+                graph = convert_lightgbm(
+                    estimator, initial_types=types, zipmap=False, target_opset=BOOSTER_OPSET
+                )
+            return bytes(graph.SerializeToString())
+
+        return [("float32", boosted)]
+
+    from skl2onnx import to_onnx
+    from skl2onnx.common.data_types import DoubleTensorType, FloatTensorType, StringTensorType
+
+    options = (
+        {id(final_estimator(estimator)): {"zipmap": False}} if task == "classification" else None
+    )
     order = ["float32", "float64"] if _is_tree_model(estimator) else ["float64", "float32"]
-    for dtype in order:
+
+    def build(dtype: str) -> Callable[[], bytes]:
         tensor = FloatTensorType if dtype == "float32" else DoubleTensorType
-        try:
-            graph = to_onnx(
-                estimator,
-                initial_types=[("input", tensor([None, X.shape[1]]))],
-                options={id(estimator): {"zipmap": False}},
-                target_opset={"": 17, "ai.onnx.ml": 3},
+        if data.tabular:
+            types = [
+                (f, StringTensorType([None, 1]) if data.is_string(f) else tensor([None, 1]))
+                for f in data.features
+            ]
+        else:
+            types = [("input", tensor([None, n]))]
+        return lambda: bytes(
+            to_onnx(
+                estimator, initial_types=types, options=options, target_opset=OPSET
             ).SerializeToString()
-            runtime = OnnxRuntime(graph, dtype)
-            labels, proba = runtime.predict(probes, True)
+        )
+
+    return [(dtype, build(dtype)) for dtype in order]
+
+
+def _converter_versions(library: str) -> dict[str, str]:
+    import onnxruntime
+    import skl2onnx
+
+    versions = {"skl2onnx": skl2onnx.__version__, "onnxruntime": onnxruntime.__version__}
+    if library != "sklearn":
+        import onnxmltools
+
+        versions["onnxmltools"] = onnxmltools.__version__
+    return versions
+
+
+def convert_exact(estimator: Any, data: TrainingData, task: str = "classification") -> Conversion:
+    """An ONNX graph whose predictions equal the estimator's on every probe row
+    (labels identical and probabilities within 1e-5 for a classifier, numbers within
+    ``REGRESSION_TOLERANCE`` relative for a regressor), or the reason there is none."""
+    library = library_of(estimator)
+    classifier = task == "classification"
+    probes = probe_batch(estimator, data)
+    native = NativeRuntime(estimator, library, data.features)
+    expected, expected_proba = native.predict(probes, classifier)
+    columns = [(f, data.is_string(f)) for f in data.features] if data.tabular else None
+    kinds = "training rows, random rows" + (
+        ", split-threshold rows" if _split_thresholds(estimator, data.features) else ""
+    )
+    failures = []
+    for dtype, build in _graphs(estimator, data, task):
+        try:
+            graph = build()
+            runtime = OnnxRuntime(graph, dtype, regression=not classifier, columns=columns)
+            got, proba = runtime.predict(probes, classifier)
         except Exception as exc:  # not convertible this way: try the next, or give up
             log.info("onnx conversion failed", extra={"dtype": dtype, "reason": repr(exc)})
+            failures.append(f"{dtype} graph: conversion failed ({type(exc).__name__}: {exc})"[:300])
             continue
-        assert proba is not None
-        if np.array_equal(labels, expected) and np.allclose(
-            proba, expected_proba, rtol=0, atol=1e-5
-        ):
-            return graph, dtype, len(probes)
+        if classifier:
+            assert proba is not None and expected_proba is not None
+            differ = int((got != expected).sum())
+            exact = differ == 0 and bool(np.allclose(proba, expected_proba, rtol=0, atol=1e-5))
+        else:
+            exact = regression_close(got, expected)
+            bound = REGRESSION_TOLERANCE * np.maximum(1.0, np.abs(expected.astype(np.float64)))
+            differ = int((np.abs(got.astype(np.float64) - expected) > bound).sum())
+        if exact:
+            within = "" if classifier else f" within {REGRESSION_TOLERANCE:g} relative"
+            return Conversion(
+                graph,
+                dtype,
+                len(probes),
+                f"onnxruntime: the {dtype} ONNX graph reproduces {type(estimator).__name__}"
+                f"{within} on {len(probes)} rows ({kinds})",
+                _converter_versions(library),
+            )
+        if classifier and not differ:
+            assert proba is not None and expected_proba is not None
+            gap = float(np.abs(proba - expected_proba).max())
+            failures.append(f"{dtype} graph: probabilities differ by up to {gap:.1e}")
+        else:
+            what = "labels" if classifier else "predictions"
+            failures.append(f"{dtype} graph: {differ} of {len(probes)} {what} differ")
         log.info("onnx conversion not exact", extra={"dtype": dtype})
-    return None
+    why = "; ".join(failures) or "no ONNX converter for this estimator"
+    return Conversion(
+        None,
+        "",
+        len(probes),
+        f"{library}: no exact ONNX graph ({why}); {library} predicts from the signed "
+        "joblib artifact",
+        {},
+    )
 
 
 # --- writing a version -----------------------------------------------------------------------
 
 
-def _versions() -> dict[str, str]:
+def _versions(library: str) -> dict[str, str]:
     import joblib
     import sklearn
 
-    return {
+    versions = {
         "scikit-learn": sklearn.__version__,
         "numpy": np.__version__,
         "joblib": joblib.__version__,
         "python": platform.python_version(),
     }
+    if library == "xgboost":
+        import xgboost
+
+        versions["xgboost"] = xgboost.__version__
+    if library == "lightgbm":
+        import lightgbm
+
+        versions["lightgbm"] = lightgbm.__version__
+    return versions
 
 
 def _class_list(classes: np.ndarray) -> list[int] | list[str]:
     if np.issubdtype(classes.dtype, np.integer):
         return [int(c) for c in classes]
     return [str(c) for c in classes]
+
+
+def _feature_specs(estimator: Any, data: TrainingData) -> list[dict[str, Any]]:
+    strings = string_features(estimator, data) if data.tabular else {}
+    specs: list[dict[str, Any]] = []
+    for name in data.features:
+        if name in strings:
+            categories, accept = strings[name]
+            specs.append(
+                {
+                    "name": name,
+                    "type": "string",
+                    "categories": categories,
+                    "unknown": "accept" if accept else "refuse",
+                }
+            )
+        else:
+            column = data.columns[name]
+            specs.append(
+                {
+                    "name": name,
+                    "type": "float",
+                    "min": float(column.min()),
+                    "max": float(column.max()),
+                }
+            )
+    return specs
+
+
+def _reference_rows(data: TrainingData, index: np.ndarray) -> list[list[float | str]]:
+    return [
+        [
+            str(data.columns[f][i]) if data.is_string(f) else float(data.columns[f][i])
+            for f in data.features
+        ]
+        for i in index
+    ]
 
 
 def write_version(
@@ -334,14 +737,17 @@ def write_version(
     if target.exists():
         raise FileExistsError(f"{target} exists; versions are immutable")
     private_key = load_private_key(private_key_path)
+    task = _task_of(estimator)
+    library = library_of(estimator)
 
     buffer = io.BytesIO()
     joblib.dump(estimator, buffer)
     sk_bytes = buffer.getvalue()
-    X = data.X
     rng = np.random.default_rng(1)
-    pick = rng.choice(len(X), size=min(REFERENCE_ROWS, len(X)), replace=False)
-    reference_inputs = X[np.sort(pick)]
+    pick = np.sort(rng.choice(data.rows, size=min(REFERENCE_ROWS, data.rows), replace=False))
+    native = NativeRuntime(estimator, library, data.features)
+    classifier = task == "classification"
+    ref_predictions, ref_proba = native.predict(data.batch(pick), classifier)
     artifacts: dict[str, Any] = {
         "sklearn": {
             "file": SKLEARN_FILE,
@@ -350,21 +756,17 @@ def write_version(
             "bytes": len(sk_bytes),
         }
     }
-    converted = convert_exact(estimator, X)
-    onnx_bytes = None
-    if converted is not None:
-        import onnxruntime
-        import skl2onnx
-
-        onnx_bytes, dtype, checked = converted
+    conversion = convert_exact(estimator, data, task)
+    onnx_bytes = conversion.graph
+    if onnx_bytes is not None:
         artifacts["onnx"] = {
             "file": ONNX_FILE,
             "format": "onnx",
             "sha256": sha256_hex(onnx_bytes),
             "bytes": len(onnx_bytes),
-            "input_dtype": dtype,
-            "checked_rows": checked,
-            "converter": {"skl2onnx": skl2onnx.__version__, "onnxruntime": onnxruntime.__version__},
+            "input_dtype": conversion.dtype,
+            "checked_rows": conversion.checked,
+            "converter": conversion.converter,
         }
     manifest = {
         "format": MANIFEST_FORMAT,
@@ -372,22 +774,21 @@ def write_version(
         "version": version,
         "created": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "description": description or data.description,
-        "task": "classification",
+        "task": task,
         "estimator": type(estimator).__name__,
-        "framework": _versions(),
+        "library": library,
+        "runtime_reason": conversion.reason,
+        "framework": _versions(library),
         "artifacts": artifacts,
-        "input": {
-            "features": [
-                {"name": f, "type": "float", "min": float(lo), "max": float(hi)}
-                for f, lo, hi in zip(data.features, X.min(axis=0), X.max(axis=0), strict=True)
-            ]
-        },
-        "classes": _class_list(estimator.classes_),
+        "input": {"features": _feature_specs(estimator, data)},
+        "classes": _class_list(estimator.classes_) if classifier else [],
         "class_names": class_names,
         "reference": {
-            "inputs": reference_inputs.tolist(),
-            "predictions": _class_list(estimator.predict(reference_inputs)),
-            "probabilities": estimator.predict_proba(reference_inputs).tolist(),
+            "inputs": _reference_rows(data, pick),
+            "predictions": _class_list(np.asarray(ref_predictions))
+            if classifier
+            else [float(v) for v in ref_predictions],
+            "probabilities": ref_proba.tolist() if ref_proba is not None else None,
         },
         "metrics": metrics,
         "signing_key_id": key_id(private_key.public_key()),

@@ -19,9 +19,13 @@ class _Doc(BaseModel):
 
 class Feature(_Doc):
     name: str
-    type: str
-    min: float
-    max: float
+    type: str = Field(description="float or string")
+    min: float | None = Field(None, description="float features: the lowest value accepted")
+    max: float | None = Field(None, description="float features: the highest value accepted")
+    categories: list[str] | None = Field(None, description="string features: seen in training")
+    unknown_categories: str | None = Field(
+        None, description="string features: accepted or refused (422) outside the categories"
+    )
 
 
 class InputSchemaOut(_Doc):
@@ -33,10 +37,13 @@ class ModelVersionOut(_Doc):
     default: bool
     created: str
     description: str
+    task: str = Field(description="classification or regression")
     estimator: str
     runtime: str
+    runtime_reason: str = Field(description="why registration chose this runtime")
+    prediction_dtype: str = Field(description="INT64 or BYTES labels, FP32 or FP64 numbers")
     input_schema: InputSchemaOut
-    classes: list[Label]
+    classes: list[Label] = Field(description="empty for a regressor")
     class_names: list[str] | None
     metrics: dict[str, float]
 
@@ -54,7 +61,7 @@ class ModelList(_Doc):
 class PredictionsOut(_Doc):
     model: str
     version: str
-    predictions: list[Label]
+    predictions: list[Label | float] = Field(description="labels, or numbers of a regressor")
     classes: list[Label] | None = Field(None, description="with probabilities only")
     probabilities: list[list[float]] | None = Field(
         None, description="one row per instance, one column per class"

@@ -41,7 +41,6 @@ from .responses import (
 from .runtime import LoadedModel
 from .schemas import (
     INPUT_TENSOR,
-    OUTPUT_LABEL,
     OUTPUT_PROBABILITIES,
     InferenceRequest,
     inputs_to_matrix,
@@ -166,8 +165,11 @@ def _describe(model: LoadedModel, default: bool) -> dict[str, Any]:
         "default": default,
         "created": manifest.created,
         "description": manifest.description,
+        "task": manifest.task,
         "estimator": manifest.estimator,
         "runtime": model.runtime.kind,
+        "runtime_reason": manifest.runtime_reason,
+        "prediction_dtype": model.prediction_dtype,
         "input_schema": {"features": model.schema.describe()},
         "classes": list(manifest.classes),
         "class_names": manifest.class_names,
@@ -341,25 +343,33 @@ async def server_ready(request: Request) -> Json:
 
 
 def _v2_metadata(model: LoadedModel) -> dict[str, Any]:
-    n_features = len(model.schema.features)
-    n_classes = len(model.schema.classes)
+    schema = model.schema
+    n_features = len(schema.features)
+    if schema.tabular:  # one tensor per feature, BYTES for strings
+        inputs = [
+            {"name": name, "datatype": "FP64" if cats is None else "BYTES", "shape": [-1]}
+            for name, cats in zip(schema.features, schema.categories, strict=True)
+        ]
+    else:
+        inputs = [{"name": INPUT_TENSOR, "datatype": "FP64", "shape": [-1, n_features]}]
+    outputs = [{"name": schema.output_name, "datatype": model.prediction_dtype, "shape": [-1]}]
+    parameters = {"task": schema.task, "features": ",".join(schema.features)}
+    if not schema.regression:
+        outputs.append(
+            {
+                "name": OUTPUT_PROBABILITIES,
+                "datatype": model.runtime.probability_dtype,
+                "shape": [-1, len(schema.classes)],
+            }
+        )
+        parameters["classes"] = ",".join(str(c) for c in schema.classes)
     return {
         "name": model.name,
         "versions": [model.version],
         "platform": model.runtime.kind,
-        "inputs": [{"name": INPUT_TENSOR, "datatype": "FP64", "shape": [-1, n_features]}],
-        "outputs": [
-            {"name": OUTPUT_LABEL, "datatype": model.label_dtype, "shape": [-1]},
-            {
-                "name": OUTPUT_PROBABILITIES,
-                "datatype": model.runtime.probability_dtype,
-                "shape": [-1, n_classes],
-            },
-        ],
-        "parameters": {
-            "features": ",".join(model.schema.features),
-            "classes": ",".join(str(c) for c in model.schema.classes),
-        },
+        "inputs": inputs,
+        "outputs": outputs,
+        "parameters": parameters,
     }
 
 
@@ -492,7 +502,7 @@ async def _infer(request: Request, name: str, version: str | None, principal: Pr
     model = _registry(request).get(name, version)
     payload = parse_inference_request(await _json_body(request))
     X = inputs_to_matrix(payload, model.schema)
-    want_label, want_proba = requested_outputs(payload)
+    want_label, want_proba = requested_outputs(payload, model.schema)
     if want_proba:
         _allow_probabilities(request, principal)
     labels, proba = await _run(request, principal, model, X, want_proba)
@@ -500,8 +510,8 @@ async def _infer(request: Request, name: str, version: str | None, principal: Pr
     if want_label:
         outputs.append(
             {
-                "name": OUTPUT_LABEL,
-                "datatype": model.label_dtype,
+                "name": model.schema.output_name,
+                "datatype": model.prediction_dtype,
                 "shape": [len(X)],
                 "data": _json_array(labels),
             }

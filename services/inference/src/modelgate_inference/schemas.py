@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 import numpy as np
 from fastapi.exceptions import RequestValidationError
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Discriminator,
@@ -67,40 +68,107 @@ def _validate(adapter: TypeAdapter[Any], body: bytes) -> Any:
 
 
 @dataclass(frozen=True, slots=True)
+class Table:
+    """A batch as named columns, for models that take string features: float64
+    arrays for numbers, object arrays of str for strings, one value per row."""
+
+    columns: dict[str, np.ndarray]
+    rows: int
+
+    def __len__(self) -> int:
+        return self.rows
+
+
+Batch = np.ndarray | Table
+MAX_STRING_CHARS = 256
+
+
+def _category_check(name: str, allowed: frozenset[str]) -> Callable[[str], str]:
+    def check(value: str) -> str:
+        if value not in allowed:
+            shown = value if len(value) <= 64 else value[:64] + "..."
+            raise ValueError(f"'{shown}' is not a category of '{name}' seen in training")
+        return value
+
+    return check
+
+
+@dataclass(frozen=True, slots=True)
 class InputSchema:
     """What one model version accepts, compiled from its manifest."""
 
     features: tuple[str, ...]
-    low: np.ndarray  # allowed bounds after the margin, one per feature
+    low: np.ndarray  # allowed bounds after the margin, one per feature (NaN for strings)
     high: np.ndarray
     classes: tuple[int | str, ...]
     max_batch: int
     v1_adapter: TypeAdapter[Any]
     row_adapter: TypeAdapter[Any]
     row_values: Callable[[Any], Any]
+    task: str = "classification"
+    # Per feature: None for a number, else the training categories and whether a
+    # category outside them is accepted.
+    categories: tuple[tuple[str, ...] | None, ...] = ()
+    accept_unknown: tuple[bool, ...] = ()
 
     @property
     def int_classes(self) -> bool:
         return all(isinstance(c, int) for c in self.classes)
 
+    @property
+    def tabular(self) -> bool:
+        """Batches are ``Table``s (some feature is a string), else float64 matrices."""
+        return any(c is not None for c in self.categories)
+
+    @property
+    def regression(self) -> bool:
+        return self.task == "regression"
+
+    @property
+    def output_name(self) -> str:
+        return OUTPUT_PREDICTION if self.regression else OUTPUT_LABEL
+
     @classmethod
     def from_manifest(
         cls, manifest: Manifest, *, bounds_margin: float, max_batch: int
     ) -> InputSchema:
-        names, lows, highs = [], [], []
+        names: list[str] = []
+        lows: list[float] = []
+        highs: list[float] = []
+        categories: list[tuple[str, ...] | None] = []
+        accept: list[bool] = []
+        fields: dict[str, Any] = {}
         for spec in manifest.input.features:
+            names.append(spec.name)
+            if spec.type == "string":
+                assert spec.categories is not None
+                lows.append(math.nan)
+                highs.append(math.nan)
+                categories.append(tuple(spec.categories))
+                accept.append(spec.unknown == "accept")
+                text = Annotated[str, Field(strict=True, max_length=MAX_STRING_CHARS)]
+                fields[spec.name] = (
+                    text
+                    if spec.unknown == "accept"
+                    else Annotated[
+                        text, AfterValidator(_category_check(spec.name, frozenset(spec.categories)))
+                    ]
+                )
+                continue
+            assert spec.min is not None and spec.max is not None
             span = spec.max - spec.min
             margin = bounds_margin * (span if span > 0 else max(abs(spec.max), 1.0))
             low = spec.min - margin
             if spec.min >= 0:
                 low = max(low, 0.0)  # never negative in training: stays non-negative
-            names.append(spec.name)
-            lows.append(round(low, 6))  # 2.5, not 2.4999999999999996, in messages
-            highs.append(round(spec.max + margin, 6))
-        fields = {
-            name: Annotated[float, Field(ge=lo, le=hi, strict=True, allow_inf_nan=False)]
-            for name, lo, hi in zip(names, lows, highs, strict=True)
-        }
+            lo, hi = round(low, 6), round(spec.max + margin, 6)  # 2.5, not 2.4999999999999996
+            lows.append(lo)
+            highs.append(hi)
+            categories.append(None)
+            accept.append(False)
+            fields[spec.name] = Annotated[
+                float, Field(ge=lo, le=hi, strict=True, allow_inf_nan=False)
+            ]
         row = TypedDict(f"{manifest.name}_v{manifest.version}_row", fields)  # type: ignore[misc]
         row.__pydantic_config__ = _FORBID  # type: ignore[attr-defined]
         body = TypedDict(  # type: ignore[misc]  # noqa: UP013 - built at run time
@@ -123,23 +191,41 @@ class InputSchema:
             row_values=operator.itemgetter(*names)
             if len(names) > 1
             else (lambda r: (r[names[0]],)),
+            task=manifest.task,
+            categories=tuple(categories),
+            accept_unknown=tuple(accept),
         )
 
     # -- v1 and the seed alias ------------------------------------------------------------
 
-    def parse_v1(self, body: bytes) -> tuple[np.ndarray, bool]:
+    def _rows(self, rows: list[Any]) -> Batch:
+        if not self.tabular:
+            X = np.array(list(map(self.row_values, rows)), dtype=np.float64)
+            return X.reshape(len(rows), len(self.features))
+        return self.table([[row[name] for row in rows] for name in self.features], len(rows))
+
+    def table(self, columns: Sequence[Sequence[Any]], rows: int) -> Table:
+        """A Table from per-feature value lists (already validated)."""
+        return Table(
+            {
+                name: np.array(values, dtype=np.float64 if kinds is None else object)
+                for name, kinds, values in zip(self.features, self.categories, columns, strict=True)
+            },
+            rows,
+        )
+
+    def parse_v1(self, body: bytes) -> tuple[Batch, bool]:
         payload = _validate(self.v1_adapter, body)
         instances = payload.get("instances")
         if instances is None:
             raise invalid(("instances",), "Field required", "missing")
-        X = np.array(list(map(self.row_values, instances)), dtype=np.float64)
-        return X.reshape(len(instances), len(self.features)), bool(
-            payload.get("probabilities", False)
-        )
+        probabilities = bool(payload.get("probabilities", False))
+        if probabilities and self.regression:
+            raise invalid(("probabilities",), "a regression model has no probabilities")
+        return self._rows(instances), probabilities
 
-    def parse_row(self, body: bytes) -> np.ndarray:
-        row = _validate(self.row_adapter, body)
-        return np.array([self.row_values(row)], dtype=np.float64)
+    def parse_row(self, body: bytes) -> Batch:
+        return self._rows([_validate(self.row_adapter, body)])
 
     # -- v2 tensors -------------------------------------------------------------------------
 
@@ -158,15 +244,29 @@ class InputSchema:
             )
 
     def describe(self) -> list[dict[str, Any]]:
-        return [
-            {"name": name, "type": "float", "min": float(lo), "max": float(hi)}
-            for name, lo, hi in zip(self.features, self.low, self.high, strict=True)
-        ]
+        described: list[dict[str, Any]] = []
+        for name, lo, hi, cats, accept in zip(
+            self.features, self.low, self.high, self.categories, self.accept_unknown, strict=True
+        ):
+            if cats is None:
+                described.append(
+                    {"name": name, "type": "float", "min": float(lo), "max": float(hi)}
+                )
+            else:
+                described.append(
+                    {
+                        "name": name,
+                        "type": "string",
+                        "categories": list(cats),
+                        "unknown_categories": "accepted" if accept else "refused",
+                    }
+                )
+        return described
 
 
 # --- Open Inference Protocol v2 ------------------------------------------------------------
 
-_UNION_TAGS = frozenset({"flat", "nested"})
+_UNION_TAGS = frozenset({"flat", "nested", "flat_str", "nested_str"})
 NUMERIC_DATATYPES = {
     "FP64": False, "FP32": False, "FP16": False,
     "INT64": True, "INT32": True, "INT16": True, "INT8": True,
@@ -181,14 +281,24 @@ Parameters = Annotated[
     dict[Annotated[str, Field(max_length=128)], ParameterValue], Field(max_length=64)
 ]
 TensorName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,128}$")]
+TensorString = Annotated[str, Field(strict=True, max_length=MAX_STRING_CHARS)]
 
 
 def _data_shape(value: Any) -> str:
-    return "nested" if isinstance(value, list) and value and isinstance(value[0], list) else "flat"
+    """The union member by the first value: numbers or strings, flat or nested."""
+    if not isinstance(value, list) or not value:
+        return "flat"
+    first = value[0]
+    if isinstance(first, list):
+        return "nested_str" if first and isinstance(first[0], str) else "nested"
+    return "flat_str" if isinstance(first, str) else "flat"
 
 
 TensorData = Annotated[
-    Annotated[list[FiniteNumber], Tag("flat")] | Annotated[list[list[FiniteNumber]], Tag("nested")],
+    Annotated[list[FiniteNumber], Tag("flat")]
+    | Annotated[list[list[FiniteNumber]], Tag("nested")]
+    | Annotated[list[TensorString], Tag("flat_str")]
+    | Annotated[list[list[TensorString]], Tag("nested_str")],
     Discriminator(_data_shape),
 ]
 
@@ -220,6 +330,7 @@ inference_request_adapter: TypeAdapter[InferenceRequest] = TypeAdapter(Inference
 
 INPUT_TENSOR = "input"
 OUTPUT_LABEL = "label"
+OUTPUT_PREDICTION = "prediction"  # a regressor's output
 OUTPUT_PROBABILITIES = "probabilities"
 OUTPUT_NAMES = (OUTPUT_LABEL, OUTPUT_PROBABILITIES)
 
@@ -241,10 +352,24 @@ def _value_count(tensor: RequestInput, index: int) -> int:
     return len(data)
 
 
-def _check_tensor(tensor: RequestInput, index: int) -> None:
+def _holds_strings(tensor: RequestInput) -> bool:
+    first: Any = tensor.data[0] if tensor.data else None
+    if isinstance(first, list):
+        first = first[0] if first else None
+    return isinstance(first, str)
+
+
+def _check_tensor(tensor: RequestInput, index: int, string: bool = False) -> None:
     """Datatype and value count against ``shape``, from the request's own numbers:
-    nothing sized by the client's shape is allocated before this holds."""
-    if tensor.datatype not in NUMERIC_DATATYPES:
+    nothing sized by the client's shape is allocated before this holds. A string
+    feature takes BYTES tensors of strings, a number any numeric datatype."""
+    if string:
+        if tensor.datatype != "BYTES":
+            raise invalid(
+                ("inputs", index, "datatype"),
+                f"input '{tensor.name}' is a string feature: datatype must be BYTES",
+            )
+    elif tensor.datatype not in NUMERIC_DATATYPES:
         raise invalid(("inputs", index, "datatype"), f"datatype {tensor.datatype} is not numeric")
     count, expected = _value_count(tensor, index), math.prod(tensor.shape)
     if count != expected:
@@ -252,24 +377,41 @@ def _check_tensor(tensor: RequestInput, index: int) -> None:
             ("inputs", index, "data"),
             f"data holds {count} values; shape {tensor.shape} needs {expected}",
         )
+    if count and _holds_strings(tensor) != string:
+        raise invalid(
+            ("inputs", index, "data"),
+            "data must be strings" if string else "data must be numbers",
+        )
 
 
 def _tensor_values(tensor: RequestInput, index: int) -> np.ndarray:
-    """The values of a tensor that passed ``_check_tensor``, as one flat float64 array."""
+    """The values of a numeric tensor that passed ``_check_tensor``, as one flat float64 array."""
     values = np.asarray(tensor.data, dtype=np.float64).reshape(-1)
     if NUMERIC_DATATYPES[tensor.datatype] and not np.array_equal(values, np.floor(values)):
         raise invalid(("inputs", index, "data"), f"datatype {tensor.datatype} needs whole numbers")
     return values
 
 
-def inputs_to_matrix(request: InferenceRequest, schema: InputSchema) -> np.ndarray:
-    """The (rows, features) matrix of a v2 request: either one tensor ``input`` of
-    shape [rows, features], or one tensor per feature, named after it, of shape
-    [rows] or [rows, 1]."""
+def _string_values(tensor: RequestInput) -> list[str]:
+    data: list[Any] = tensor.data
+    if data and isinstance(data[0], list):
+        return [value for row in data for value in row]
+    return data
+
+
+def inputs_to_matrix(request: InferenceRequest, schema: InputSchema) -> Batch:
+    """The batch of a v2 request: either one tensor ``input`` of shape [rows,
+    features] (numeric features only), or one tensor per feature, named after it,
+    of shape [rows] or [rows, 1] (BYTES for string features)."""
     n_features = len(schema.features)
     inputs = request.inputs
     if len(inputs) == 1 and inputs[0].name == INPUT_TENSOR:
         tensor = inputs[0]
+        if schema.tabular:
+            raise invalid(
+                ("inputs", 0, "name"),
+                "this model has string features: send one tensor per feature",
+            )
         if len(tensor.shape) != 2 or tensor.shape[1] != n_features:
             raise invalid(
                 ("inputs", 0, "shape"),
@@ -296,19 +438,58 @@ def inputs_to_matrix(request: InferenceRequest, schema: InputSchema) -> np.ndarr
     missing = [name for name in schema.features if name not in seen]
     if missing:
         raise invalid(("inputs",), f"missing input tensors: {', '.join(missing)}", "missing")
-    # Every shape, datatype and value count is checked before the matrix exists: its
+    # Every shape, datatype and value count is checked before any array exists: its
     # size comes from the client's shape.
     rows = inputs[0].shape[0]
     _check_rows(rows, schema, ("inputs", 0, "shape"))
     for i, tensor in enumerate(inputs):
         if tensor.shape[0] != rows or (len(tensor.shape) == 2 and tensor.shape[1] != 1):
             raise invalid(("inputs", i, "shape"), f"shape must be [{rows}] or [{rows}, 1]")
-        _check_tensor(tensor, i)
+        string = schema.categories[position[tensor.name]] is not None if schema.tabular else False
+        _check_tensor(tensor, i, string)
+    if schema.tabular:
+        return _table(inputs, schema, seen, rows)
     X = np.empty((rows, n_features), dtype=np.float64)
     for i, tensor in enumerate(inputs):
         X[:, position[tensor.name]] = _tensor_values(tensor, i)
     schema.check_bounds(X, lambda r, c: ("inputs", seen[schema.features[c]], "data", r))
     return X
+
+
+def _table(
+    inputs: list[RequestInput], schema: InputSchema, seen: dict[str, int], rows: int
+) -> Table:
+    columns: list[Any] = []
+    for col, (name, cats) in enumerate(zip(schema.features, schema.categories, strict=True)):
+        i = seen[name]
+        tensor = inputs[i]
+        if cats is None:
+            values = _tensor_values(tensor, i)
+            bad = (values < schema.low[col]) | (values > schema.high[col])
+            if bad.any():
+                row = int(np.argmax(bad))
+                raise invalid(
+                    ("inputs", i, "data", row),
+                    f"feature '{name}' (row {row}) must be between "
+                    f"{schema.low[col]:g} and {schema.high[col]:g}",
+                    "out_of_bounds",
+                )
+            columns.append(values)
+            continue
+        strings = _string_values(tensor)
+        if not schema.accept_unknown[col]:
+            allowed = frozenset(cats)
+            for row, value in enumerate(strings):
+                if value not in allowed:
+                    shown = value if len(value) <= 64 else value[:64] + "..."
+                    raise invalid(
+                        ("inputs", i, "data", row),
+                        f"feature '{name}' (row {row}): '{shown}' is not a category seen "
+                        "in training",
+                        "unknown_category",
+                    )
+        columns.append(strings)
+    return schema.table(columns, rows)
 
 
 def _check_rows(rows: int, schema: InputSchema, loc: tuple[str | int, ...]) -> None:
@@ -325,14 +506,17 @@ def _shown_shape(shape: list[int]) -> str:
     return "[" + ", ".join(map(_shown, shape)) + "]"
 
 
-def requested_outputs(request: InferenceRequest) -> tuple[bool, bool]:
-    """(label, probabilities) asked for; no ``outputs`` means the label only."""
+def requested_outputs(request: InferenceRequest, schema: InputSchema) -> tuple[bool, bool]:
+    """(prediction, probabilities) asked for; no ``outputs`` means the prediction only
+    (``label`` of a classifier, ``prediction`` of a regressor, which has no probabilities)."""
     if not request.outputs:
         return True, False
+    known = (OUTPUT_PREDICTION,) if schema.regression else OUTPUT_NAMES
     names = [o.name for o in request.outputs]
     for i, name in enumerate(names):
-        if name not in OUTPUT_NAMES:
-            raise invalid(("outputs", i, "name"), f"unknown output '{name}'")
+        if name not in known:
+            why = " (a regression model has no probabilities)" if schema.regression else ""
+            raise invalid(("outputs", i, "name"), f"unknown output '{name}'{why}")
         if names.index(name) != i:
             raise invalid(("outputs", i, "name"), f"output '{name}' asked twice")
-    return OUTPUT_LABEL in names, OUTPUT_PROBABILITIES in names
+    return schema.output_name in names, OUTPUT_PROBABILITIES in names

@@ -25,7 +25,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from modelgate_common import private_file_problem, write_private, write_public
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 MANIFEST_FILE = "manifest.json"
 SIGNATURE_FILE = "manifest.sig"
@@ -55,12 +55,36 @@ class ModelRefused(Exception):
 _STRICT = ConfigDict(extra="forbid", frozen=True)
 
 
+MAX_CATEGORIES = 1024
+MAX_CATEGORY_CHARS = 256
+Category = Annotated[str, Field(min_length=0, max_length=MAX_CATEGORY_CHARS)]
+
+
 class FeatureSpec(BaseModel):
+    """One input feature: a number within the training range, or a string whose
+    training categories are listed; ``unknown`` says whether a category outside
+    them is refused (the encoder would fail) or accepted (it encodes to zeros)."""
+
     model_config = _STRICT
     name: Annotated[str, Field(pattern=FEATURE_PATTERN)]
-    type: Literal["float"] = "float"
-    min: float = Field(allow_inf_nan=False)
-    max: float = Field(allow_inf_nan=False)
+    type: Literal["float", "string"] = "float"
+    min: float | None = Field(None, allow_inf_nan=False)
+    max: float | None = Field(None, allow_inf_nan=False)
+    categories: Annotated[list[Category], Field(min_length=1, max_length=MAX_CATEGORIES)] | None = (
+        None
+    )
+    unknown: Literal["refuse", "accept"] = "refuse"
+
+    @model_validator(mode="after")
+    def _kind_fields(self) -> FeatureSpec:
+        if self.type == "float":
+            if self.min is None or self.max is None or self.min > self.max:
+                raise ValueError("a float feature needs min <= max")
+            if self.categories is not None:
+                raise ValueError("a float feature has no categories")
+        elif self.categories is None or self.min is not None or self.max is not None:
+            raise ValueError("a string feature needs categories and no bounds")
+        return self
 
 
 class InputSpec(BaseModel):
@@ -89,8 +113,10 @@ class Artifacts(BaseModel):
 
 class ReferenceSet(BaseModel):
     model_config = _STRICT
-    inputs: Annotated[list[list[float]], Field(min_length=1)]
-    predictions: list[int] | list[str]
+    # One row per reference input, in feature order: numbers, and strings for string features.
+    inputs: Annotated[list[list[float | str]], Field(min_length=1)]
+    # Class labels (classification) or numbers (regression).
+    predictions: list[int] | list[str] | list[float]
     probabilities: list[list[float]] | None = None
 
 
@@ -101,12 +127,16 @@ class Manifest(BaseModel):
     version: Annotated[str, Field(pattern=VERSION_PATTERN)]
     created: str
     description: str = ""
-    task: Literal["classification"] = "classification"
+    task: Literal["classification", "regression"] = "classification"
     estimator: str
+    # The library whose own runtime predicts from the joblib artifact when no exact
+    # ONNX graph serves; ``runtime_reason`` says which runtime registration chose and why.
+    library: Literal["sklearn", "xgboost", "lightgbm"] = "sklearn"
+    runtime_reason: str = ""
     framework: dict[str, str]
     artifacts: Artifacts
     input: InputSpec
-    classes: list[int] | list[str]
+    classes: list[int] | list[str]  # empty for regression
     class_names: list[str] | None = None
     reference: ReferenceSet
     metrics: dict[str, float]
@@ -115,6 +145,20 @@ class Manifest(BaseModel):
     @property
     def feature_names(self) -> list[str]:
         return [f.name for f in self.input.features]
+
+    @property
+    def tabular(self) -> bool:
+        """Inputs go to the runtime as named columns (some feature is a string), not
+        as one float matrix."""
+        return any(f.type == "string" for f in self.input.features)
+
+    @model_validator(mode="after")
+    def _task_fields(self) -> Manifest:
+        if self.task == "classification" and not self.classes:
+            raise ValueError("a classifier lists its classes")
+        if self.task == "regression" and (self.classes or self.reference.probabilities):
+            raise ValueError("a regressor has no classes or probabilities")
+        return self
 
 
 # --- keys and signatures ---------------------------------------------------------------------

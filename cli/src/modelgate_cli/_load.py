@@ -1,0 +1,63 @@
+"""`modelgate model load`: the admin's HTTPS calls that serve a registered version."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+LOAD_SCOPE = "models:admin"
+
+
+class LoadFailed(Exception):
+    """Signing in or loading failed; the message is safe to print (no secrets)."""
+
+
+def _detail(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return f"HTTP {response.status_code}"
+    message = body.get("detail") or body.get("error") or body.get("message") or body
+    return f"HTTP {response.status_code}: {message}"
+
+
+def load_over_https(
+    base: str,
+    ca: Path,
+    user: str,
+    password: str,
+    name: str,
+    version: str | None,
+    timeout: float = 60.0,
+) -> dict[str, Any]:
+    """Sign in (a token narrowed to ``models:admin``), ask every worker to serve the
+    version, sign out; the load's answer (model, version, workers, switched)."""
+    verify: str | bool = str(ca) if ca.exists() else True
+    try:
+        with httpx.Client(base_url=base, verify=verify, timeout=timeout) as client:
+            signed_in = client.post(
+                "/auth/token",
+                data={"username": user, "password": password, "scope": LOAD_SCOPE},
+            )
+            if signed_in.status_code != 200:
+                raise LoadFailed(f"signing in as {user} failed ({_detail(signed_in)})")
+            tokens = signed_in.json()
+            headers = {"Authorization": f"Bearer {tokens['access_token']}"}
+            try:
+                answer = client.post(
+                    f"/v1/models/{name}/load",
+                    json={"version": version} if version else None,
+                    headers=headers,
+                )
+            finally:
+                client.post(
+                    "/auth/logout", json={"refresh_token": tokens["refresh_token"]}, headers=headers
+                )
+    except httpx.HTTPError as exc:
+        raise LoadFailed(f"cannot reach {base} ({type(exc).__name__})") from None
+    if answer.status_code != 200:
+        raise LoadFailed(f"loading {name} failed ({_detail(answer)})")
+    result: dict[str, Any] = answer.json()
+    return result
