@@ -151,7 +151,7 @@ def _pipeline() -> Any:
                     ]
                 ),
             ),
-            ("classify", LogisticRegression()),
+            ("classify", LogisticRegression(solver="liblinear")),
         ]
     )
 
