@@ -379,7 +379,7 @@ def _check_tensor(tensor: RequestInput, index: int, string: bool = False) -> Non
         )
     if count and _holds_strings(tensor) != string:
         raise invalid(
-            ("inputs", index, "data"),
+            ("inputs", index, "data", 0),
             "data must be strings" if string else "data must be numbers",
         )
 
