@@ -194,3 +194,35 @@ async def test_load_needs_redis(
         r = await a.post("/v1/models/iris/load", json={"version": "2"}, headers=auth(role="admin"))
         assert r.status_code == 200, r.text
         assert await serving(a, auth()) == "2"
+
+
+async def test_a_removed_version_does_not_block_other_switches(
+    make_settings: Callable[..., InferenceSettings],
+    served: Serve,
+    auth: Auth,
+    store: Path,
+    signing_keys: tuple[Path, Path],
+    add_version: Callable[[str], Path],
+) -> None:
+    """An operator removes a loaded version's folder from the store: its pin stays in
+    Redis, and a later load of another model still switches every worker."""
+    settings = make_settings()
+    admin = auth("root", role="admin")
+    async with served(create_app(settings)) as a:
+        build_demo(store, signing_keys[0], "breast_cancer", "2")
+        r = await a.post("/v1/models/breast_cancer/load", json={"version": "2"}, headers=admin)
+        assert r.status_code == 200, r.text
+        shutil.rmtree(store / "breast_cancer" / "2")
+        add_version("2")
+        late = create_app(settings)
+        async with served(late) as b:  # a worker that never saw it
+            sync = late.state.version_sync
+            for _ in range(500):  # until both workers listen
+                [(_, listeners)] = await sync.redis.pubsub_numsub(sync.channel)
+                if listeners == 2:
+                    break
+                await asyncio.sleep(0.02)
+            r = await b.post("/v1/models/iris/load", json={"version": "2"}, headers=admin)
+            assert r.status_code == 200, r.text
+            assert r.json()["switched"] == 2 and r.json()["failed"] == []
+            assert [await serving(a, auth()), await serving(b, auth())] == ["2", "2"]

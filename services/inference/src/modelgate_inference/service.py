@@ -376,7 +376,10 @@ class VersionSync:
                     self._failed.pop(name, None)
                 except (ModelRefused, NotFound) as exc:
                     reason = getattr(exc, "reason", None) or getattr(exc, "message", "")
-                    failures.append(f"{name}:{version}: {reason}")
+                    # A pin to a version removed from the store names nothing to serve;
+                    # it must not fail the switches of other models.
+                    if (self.registry.store / name / version).is_dir():
+                        failures.append(f"{name}:{version}: {reason}")
                     if self._failed.get(name) != version:
                         log.error(
                             "cannot switch to the serving version",
