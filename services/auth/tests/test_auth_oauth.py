@@ -151,6 +151,19 @@ def test_malformed_client_authentication_is_invalid_client(
     assert response.headers["www-authenticate"].startswith("Basic ")
 
 
+def test_empty_basic_credentials_are_no_client_authentication(
+    client: TestClient, make_user: Any
+) -> None:
+    """Swagger UI's Authorize sends ``Basic base64(":")`` when its client fields are empty."""
+    make_user("alice")
+    form = {"username": "alice", "password": USER_PASSWORD}
+    empty = "Basic " + base64.b64encode(b":").decode()
+    assert _token(client, form, headers={"Authorization": empty}).status_code == 200
+    wrong = _token(client, {**form, "password": "not-it"}, headers={"Authorization": empty})
+    _error(wrong, 400, "invalid_grant")
+    assert "www-authenticate" not in wrong.headers
+
+
 def test_a_bearer_header_is_not_client_authentication(client: TestClient, make_user: Any) -> None:
     make_user("alice")
     form = {"username": "alice", "password": USER_PASSWORD}

@@ -30,6 +30,7 @@ UNSUPPORTED_GRANT_TYPE = "unsupported_grant_type"
 INVALID_SCOPE = "invalid_scope"
 UNSUPPORTED_TOKEN_TYPE = "unsupported_token_type"  # noqa: S105 (an error code)
 
+_EMPTY_BASIC = base64.b64encode(b":").decode()
 BASIC_CHALLENGE = 'Basic realm="modelgate", charset="UTF-8"'
 FORM_TYPE = "application/x-www-form-urlencoded"
 # A form has a handful of fields; more is not a client of ours.
@@ -157,6 +158,10 @@ def client_credentials(request: Request, form: dict[str, str]) -> ClientCredenti
     on every request, this one included) and is ignored."""
     header = request.headers.get("authorization")
     if header is not None and header.partition(" ")[0].lower() != "basic":
+        header = None
+    if header is not None and header.partition(" ")[2].strip() == _EMPTY_BASIC:
+        # An empty id and an empty secret name no client: Swagger UI's Authorize sends
+        # this when its client fields are left empty (a user signing in at /docs).
         header = None
     in_body = "client_id" in form or "client_secret" in form
     if header is None:
