@@ -66,6 +66,8 @@ def ratios(runs: dict[str, dict[str, Any]]) -> dict[str, float | None]:
         ("full", "mlserver-adaptive"),
         ("full-seed-route", "seed"),
         ("full-v2", "mlserver-adaptive"),
+        ("regressor", "full"),
+        ("pipeline", "full"),
     ):
         a, b = rps(mine), rps(other)
         if a and b:

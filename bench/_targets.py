@@ -397,13 +397,105 @@ class Users:
                 client.delete(f"/auth/users/{name}", headers=headers)
 
 
+# Models data scientists bring, registered with the operator's command before the stack
+# starts (so it serves them) and removed after: their cost per request beside iris's.
+OWN_MODELS = {"regressor": "bench-regressor", "pipeline": "bench-pipeline"}
+OWN_BODIES = 256
+
+
+def _own_model_tables() -> dict[str, tuple[Any, Any, str]]:
+    """kind: (unfitted estimator, training table, target column)."""
+    import numpy as np
+    import pandas as pd
+    from sklearn.compose import ColumnTransformer
+    from sklearn.datasets import load_diabetes
+    from sklearn.ensemble import RandomForestRegressor
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+    rng = np.random.default_rng(3)
+    rows = 800
+    shop = pd.DataFrame(
+        {
+            "colour": rng.choice(["red", "green", "blue"], rows),
+            "size": rng.choice(["S", "M", "L", "XL"], rows),
+            "weight": rng.uniform(1.0, 50.0, rows).round(2),
+            "age": rng.integers(18, 80, rows).astype(float),
+        }
+    )
+    score = (shop.colour == "red") * 1.5 + (shop.weight - 25) / 10 - (shop.age - 50) / 30
+    shop["bought"] = (score + rng.normal(0, 0.5, rows) > 0).astype(int)
+    pipeline = Pipeline(
+        [
+            (
+                "prepare",
+                ColumnTransformer(
+                    [
+                        ("categories", OneHotEncoder(handle_unknown="ignore"), ["colour", "size"]),
+                        ("numbers", StandardScaler(), ["weight", "age"]),
+                    ]
+                ),
+            ),
+            ("classify", LogisticRegression(solver="liblinear")),
+        ]
+    )
+    forest = RandomForestRegressor(n_estimators=100, random_state=0)
+    return {
+        "regressor": (forest, load_diabetes(as_frame=True).frame, "target"),
+        "pipeline": (pipeline, shop, "bought"),
+    }
+
+
+def register_own_models(s: Settings) -> dict[str, Path]:
+    """Train, register (`modelgate model register`) and write request bodies for the
+    own-model targets; kind -> file of v1 bodies, one a line."""
+    import joblib
+
+    folder = WORK / "own-models"
+    folder.mkdir(parents=True, exist_ok=True)
+    bodies: dict[str, Path] = {}
+    for kind, (estimator, table, target) in _own_model_tables().items():
+        name = OWN_MODELS[kind]
+        shutil.rmtree(s.model_store / name, ignore_errors=True)
+        estimator.fit(table.drop(columns=[target]), table[target])
+        joblib.dump(estimator, folder / f"{name}.joblib")
+        table.to_csv(folder / f"{name}.csv", index=False)
+        done = subprocess.run(
+            [s.bin("modelgate"), "model", "register", name, str(folder / f"{name}.joblib"),
+             "--data", str(folder / f"{name}.csv"), "--target", target],
+            capture_output=True, text=True, env=_env(),
+        )  # fmt: skip
+        if done.returncode != 0:
+            raise BenchError(f"registering {name} failed: {done.stderr.strip()[-500:]}")
+        rows = table.drop(columns=[target]).sample(OWN_BODIES, replace=True, random_state=1)
+        lines = [json.dumps({"instances": [row]}) for row in rows.to_dict("records")]
+        bodies[kind] = folder / f"{name}.bodies"
+        bodies[kind].write_text("\n".join(lines) + "\n")
+    return bodies
+
+
+def remove_own_models(s: Settings) -> None:
+    for name in OWN_MODELS.values():
+        shutil.rmtree(s.model_store / name, ignore_errors=True)
+
+
 @contextmanager
 def full_stack(s: Settings) -> Iterator[list[Target]]:
     """The whole stack (`make bench-up`), many users, every security feature on."""
     log = WORK / "log" / "stack.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     tokens_file = WORK / "tokens.txt"
-    up_s = _make("bench-up", log)
+    try:
+        own_bodies = register_own_models(s)
+    except BaseException:
+        remove_own_models(s)
+        raise
+    try:
+        up_s = _make("bench-up", log)
+    except BaseException:
+        remove_own_models(s)
+        raise
     try:
         people = Users(s, s.users)
         t0 = time.monotonic()
@@ -456,8 +548,41 @@ def full_stack(s: Settings) -> Iterator[list[Target]]:
                 roots,
                 {**info, "stack": None},
             ),
+            *(
+                Target(
+                    kind,
+                    title,
+                    Load(
+                        f"{base}/v1/models/{OWN_MODELS[kind]}/predict",
+                        "v1",
+                        1,
+                        tokens_file,
+                        bodies=own_bodies[kind],
+                    ),
+                    roots,
+                    {
+                        **info,
+                        "endpoint": f"POST /v1/models/{OWN_MODELS[kind]}/predict",
+                        "model": model,
+                        "stack": None,
+                    },
+                )
+                for kind, title, model in (
+                    (
+                        "regressor",
+                        "modelgate, a regressor",
+                        "RandomForestRegressor(100 trees), diabetes",
+                    ),
+                    (
+                        "pipeline",
+                        "modelgate, a pipeline with strings",
+                        "one-hot ColumnTransformer + LogisticRegression, 2 string columns",
+                    ),
+                )
+            ),
         ]
         people.remove(people.admin_token())
     finally:
         tokens_file.unlink(missing_ok=True)
         _make("down", log)
+        remove_own_models(s)

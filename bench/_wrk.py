@@ -49,6 +49,7 @@ class Load:
     rows: int = 1
     tokens: Path | None = None
     v2_input: str = "input-0"
+    bodies: Path | None = None  # prepared v1 bodies, one a line (models other than iris)
 
 
 def wrk_version() -> str:
@@ -66,6 +67,7 @@ def once(client: Client, load: Load, seconds: int, roots: Iterable[int]) -> dict
         BENCH_ROWS=str(load.rows),
         BENCH_TOKENS=str(load.tokens or ""),
         BENCH_V2_INPUT=load.v2_input,
+        BENCH_BODIES=str(load.bodies or ""),
     )
     argv = [
         "wrk",

@@ -8,6 +8,8 @@
 --   BENCH_TOKENS   file with one bearer token per line (optional)
 --   BENCH_V2_INPUT v2 input tensor name (default "input-0")
 --   BENCH_SEED     random seed (default 1)
+--   BENCH_BODIES   file of prepared request bodies, one a line (optional: for models
+--                  other than iris; BENCH_FORMAT and BENCH_ROWS then do not apply)
 -- Every request is built once in init(); request() only hands them out, so
 -- the load generator spends its CPU on the connections, not on Lua.
 
@@ -93,9 +95,12 @@ function init(args)
     local tokens = read_lines(os.getenv("BENCH_TOKENS"))
     math.randomseed(tonumber(os.getenv("BENCH_SEED") or "1") * 1000 + thread_id)
 
-    local n_bodies = rows > 1 and 16 or 256
-    local bodies = {}
-    for i = 1, n_bodies do
+    local bodies = read_lines(os.getenv("BENCH_BODIES"))
+    local n_bodies = #bodies
+    if n_bodies == 0 then
+        n_bodies = rows > 1 and 16 or 256
+    end
+    for i = #bodies + 1, n_bodies do
         if format == "seed" then
             bodies[i] = seed_body()
         elseif format == "v1" then

@@ -81,7 +81,8 @@ def _prepare(s: Settings) -> None:
 
 def _profile_run(client: Client, target: Target) -> dict[str, Any]:
     """An extra, unscored load run with py-spy sampling every Python worker."""
-    roles = ("inference",) if target.name in ("full", "batch-100", "batch-1000") else (target.name,)
+    stack = ("full", "batch-100", "batch-1000", "regressor", "pipeline")
+    roles = ("inference",) if target.name in stack else (target.name,)
     pids = _profile.python_workers(target.roots, roles)
     folder = _targets.WORK / "profile" / target.name
     for old in folder.glob("*.txt"):
