@@ -1,13 +1,15 @@
 """gunicorn settings shared by the three services; each is told its port by env.
 
-MG_SERVICE names the service (auth, inference, crypto); MG_<SERVICE>_PORT,
-MG_WORKERS and MG_FORWARDED_ALLOW_IPS tune it.
+MG_SERVICE names the service (auth, inference, crypto) and so the app gunicorn runs;
+MG_<SERVICE>_PORT, MG_WORKERS and MG_FORWARDED_ALLOW_IPS tune it.
 """
 
 import os
 
 _service = os.environ["MG_SERVICE"]
 _port = os.environ.get(f"MG_{_service.upper()}_PORT", "8000")
+
+wsgi_app = f"modelgate_{_service}.main:create_app()"
 
 bind = [f"{os.environ.get('MG_SERVICE_BIND', '127.0.0.1')}:{_port}"]
 # The native stack adds a Unix socket in a folder only its user may enter (0700): nginx

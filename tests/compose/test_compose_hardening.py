@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.compose.conftest import ComposeProject
+from tests.conftest import run_command
 
 pytestmark = pytest.mark.compose
 
@@ -150,10 +152,14 @@ def test_stop_grace_outlasts_gunicorn_graceful_timeout(compose_project: ComposeP
         assert c["Config"]["StopTimeout"] > graceful, service
 
 
-def test_service_dockerfiles_share_every_layer_before_their_own_source() -> None:
-    """Identical up to the service's name, so Docker builds the dependencies once."""
-    texts = {
-        s: (ROOT / "services" / s / "Dockerfile").read_text().replace(s, "SERVICE")
-        for s in ("auth", "inference", "crypto")
+def test_service_images_differ_only_in_their_own_source(compose_project: ComposeProject) -> None:
+    """One Dockerfile builds them: the dependency layers are built once and shared."""
+    containers = compose_project.containers()
+    layers = {
+        service: json.loads(
+            run_command(["docker", "image", "inspect", containers[service]["Image"]])
+        )[0]["RootFS"]["Layers"]
+        for service in ("auth", "inference", "crypto")
     }
-    assert texts["auth"] == texts["inference"] == texts["crypto"]
+    assert layers["auth"][:-1] == layers["inference"][:-1] == layers["crypto"][:-1]
+    assert len({tuple(found) for found in layers.values()}) == 3
