@@ -105,14 +105,23 @@ base_images_said() {
 
 # Python wheels from the hashed lock, fetched on the host into build/wheels/ (a build
 # cannot verify the package index's TLS); the image builds install from them offline.
+# The lock is universal: its markers are evaluated for the base image's Python
+# (deploy/requirements-for.py), not the host's.
 fetch_wheels() {
-    local lock_sum
-    lock_sum=$(sha256sum requirements.txt | cut -d' ' -f1)
+    local lock_sum target
+    target=$(docker run --rm --network none "${MG_PYTHON_IMAGE:-$OFFICIAL_PYTHON}" \
+        python3 -c 'import platform; print(platform.python_version())') ||
+        die "the base image ${MG_PYTHON_IMAGE:-$OFFICIAL_PYTHON} runs no python3"
+    lock_sum="$(sha256sum requirements.txt | cut -d' ' -f1) python $target"
     if [[ $(cat build/wheels/.lock-sha256 2>/dev/null) != "$lock_sum" ]]; then
         rm -rf build/wheels
         mkdir -p build/wheels
+        "$MG_VENV/bin/python" deploy/requirements-for.py "$target" <requirements.txt \
+            >"$WORK/requirements-image.txt"
         "$MG_VENV/bin/pip" download -q --disable-pip-version-check --require-hashes \
-            --only-binary=:all: -r requirements.txt -d build/wheels >"$WORK/wheels.log" 2>&1 ||
+            --only-binary=:all: --python-version "$target" -r "$WORK/requirements-image.txt" \
+            -d build/wheels \
+            >"$WORK/wheels.log" 2>&1 ||
             { grep -v '^WARNING: Location' "$WORK/wheels.log" >&2; die "wheel download failed"; }
         echo "$lock_sum" >build/wheels/.lock-sha256
     fi
