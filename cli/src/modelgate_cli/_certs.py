@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import os
+import re
 from pathlib import Path
 
 from cryptography import x509
@@ -14,8 +16,44 @@ from modelgate_common import write_private, write_public
 
 SERVER_VALIDITY_DAYS = 365  # browsers and the CA/B forum cap server certificates at 398
 CA_VALIDITY_DAYS = 3650
-SERVER_NAMES = ("localhost",)
-SERVER_IPS = ("127.0.0.1", "::1")
+# The names clients reach the server by: host names and IP addresses, comma-separated.
+DEFAULT_TLS_HOSTNAMES = "localhost,127.0.0.1"
+
+
+def tls_hostnames(value: str | None = None) -> list[x509.GeneralName]:
+    """The server certificate's names from MG_TLS_HOSTNAMES (or ``value``)."""
+    raw = os.environ.get("MG_TLS_HOSTNAMES", "") if value is None else value
+    names: list[x509.GeneralName] = []
+    for item in (raw or DEFAULT_TLS_HOSTNAMES).split(","):
+        item = item.strip()
+        if not item:
+            continue
+        try:
+            names.append(x509.IPAddress(ipaddress.ip_address(item)))
+        except ValueError:
+            # A last label of digits only is a mistyped IP address, never a host name.
+            if not _HOSTNAME.fullmatch(item) or item.rsplit(".", 1)[-1].isdigit():
+                raise ValueError(
+                    f"MG_TLS_HOSTNAMES: {item!r} is neither a host name nor an IP address"
+                ) from None
+            names.append(x509.DNSName(item.lower()))
+    if not names:
+        raise ValueError("MG_TLS_HOSTNAMES names no host")
+    return names
+
+
+_HOSTNAME = re.compile(
+    r"(?=.{1,253}$)(\*\.)?([a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?\.)*[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?"
+)
+
+
+def _names_of(server_pem: Path) -> set[x509.GeneralName]:
+    cert = x509.load_pem_x509_certificate(server_pem.read_bytes())
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return set()
+    return set(san)
 
 
 def _name(common_name: str) -> x509.Name:
@@ -35,9 +73,13 @@ def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
     )
 
 
-def ensure_certificates(certs: Path, extra_names: tuple[str, ...] = ()) -> list[str]:
-    """Create the CA and the server certificate when missing; return what was made."""
+def ensure_certificates(certs: Path, hostnames: str | None = None) -> list[str]:
+    """Create the CA and the server certificate when missing; return what was made.
+
+    The server certificate is issued again, under the same CA, when its names are not
+    those of MG_TLS_HOSTNAMES (or ``hostnames``): the CA clients trust never changes."""
     made: list[str] = []
+    names = tls_hostnames(hostnames)
     ca_pem, ca_key_pem = certs / "ca.pem", certs / "ca-key.pem"
     now = dt.datetime.now(dt.UTC)
     if not (ca_pem.exists() and ca_key_pem.exists()):
@@ -75,16 +117,15 @@ def ensure_certificates(certs: Path, extra_names: tuple[str, ...] = ()) -> list[
         (certs / "server.pem").unlink(missing_ok=True)  # re-issue under the new CA
         made.append("certificate authority")
     server_pem, server_key_pem = certs / "server.pem", certs / "server-key.pem"
-    if not (server_pem.exists() and server_key_pem.exists()):
+    renamed = server_pem.exists() and _names_of(server_pem) != set(names)
+    if renamed or not (server_pem.exists() and server_key_pem.exists()):
         signing_key = serialization.load_pem_private_key(ca_key_pem.read_bytes(), password=None)
         assert isinstance(signing_key, ec.EllipticCurvePrivateKey)
         ca_cert = x509.load_pem_x509_certificate(ca_pem.read_bytes())
         key = ec.generate_private_key(ec.SECP256R1())
-        names: list[x509.GeneralName] = [x509.DNSName(n) for n in (*SERVER_NAMES, *extra_names)]
-        names += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in SERVER_IPS]
         cert = (
             x509.CertificateBuilder()
-            .subject_name(_name("localhost"))
+            .subject_name(_name(_common_name(names)))
             .issuer_name(ca_cert.subject)
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
@@ -106,5 +147,14 @@ def ensure_certificates(certs: Path, extra_names: tuple[str, ...] = ()) -> list[
             cert.public_bytes(serialization.Encoding.PEM)
             + ca_cert.public_bytes(serialization.Encoding.PEM),
         )
-        made.append("server certificate")
+        made.append(f"server certificate for {', '.join(_text(n) for n in names)}")
     return made
+
+
+def _text(name: x509.GeneralName) -> str:
+    return str(name.value)
+
+
+def _common_name(names: list[x509.GeneralName]) -> str:
+    dns = [n for n in names if isinstance(n, x509.DNSName)]
+    return _text(dns[0] if dns else names[0])

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import httpx
 
+from ._certs import tls_hostnames
 from ._paths import ProjectPaths
 
 SERVICES = ("auth", "inference", "crypto")
@@ -26,12 +27,23 @@ def _port(name: str, default: str) -> int:
     return int(os.environ.get(name, default))
 
 
+def _host(name: str, default: str) -> str:
+    # Where each part is reached: the native stack's loopback, or its name on the compose
+    # network (`docker compose run --rm cli status` sets MG_NGINX_HOST, MG_AUTH_HOST, ...).
+    return os.environ.get(f"MG_{name.upper()}_HOST") or default
+
+
 def stack_status(paths: ProjectPaths, timeout: float = 2.0) -> list[ComponentStatus]:
     results: list[ComponentStatus] = []
     https_port = _port("MG_HTTPS_PORT", "8443")
+    # nginx's certificate is checked for its first name, wherever nginx is reached.
+    server_name = str(tls_hostnames()[0].value)
     try:
         with httpx.Client(verify=str(paths.certs / "ca.pem"), timeout=timeout) as client:
-            answer = client.get(f"https://localhost:{https_port}/healthz")
+            answer = client.get(
+                f"https://{_host('nginx', server_name)}:{https_port}/healthz",
+                extensions={"sni_hostname": server_name},
+            )
         state = "ok" if answer.status_code == 200 else "fail"
         results.append(ComponentStatus("nginx", state, f"HTTPS {https_port}: {answer.status_code}"))
     except (httpx.HTTPError, OSError) as exc:
@@ -43,7 +55,8 @@ def stack_status(paths: ProjectPaths, timeout: float = 2.0) -> list[ComponentSta
         for service in SERVICES:
             port = _port(f"MG_{service.upper()}_PORT", defaults[service])
             try:
-                body = client.get(f"http://127.0.0.1:{port}/health/ready").json()
+                host = _host(service, "127.0.0.1")
+                body = client.get(f"http://{host}:{port}/health/ready").json()
                 failing = [
                     f"{name}: {check['status']} {check.get('detail', '')}".strip()
                     for name, check in body.get("checks", {}).items()

@@ -44,7 +44,17 @@ def main() -> None:
 @app.command()
 def init() -> None:
     """Create certificates, secrets and demo models that are missing (idempotent)."""
-    made = run_init(ProjectPaths.from_env())
+    report_init(compose_env=True)
+
+
+def report_init(*, compose_env: bool) -> None:
+    """`init`, saying what it made; ``compose_env`` False in the compose stack's init
+    container (modelgate_cli.container)."""
+    try:
+        made = run_init(ProjectPaths.from_env(), compose_env=compose_env)
+    except ValueError as exc:  # a setting such as MG_TLS_HOSTNAMES
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
     for item in made:
         typer.echo(f"created {item}")
     if not made:
