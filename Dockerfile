@@ -65,9 +65,10 @@ ENV MG_SERVICE=${MG_PACKAGE}
 USER ${MG_UID}:${MG_GID}
 WORKDIR /var/lib/modelgate
 
-# The operator CLI: `modelgate`.
+# The operator CLI, as compose runs it (`init`, `cli`): modelgate_cli.container runs the
+# command as the right user and hands each service its copies of the files it reads.
 FROM runtime AS cli
-ENTRYPOINT ["python3", "-m", "modelgate_cli.main"]
+ENTRYPOINT ["python3", "-m", "modelgate_cli.container"]
 CMD ["--help"]
 
 # A service (the default target): gunicorn with the app MG_SERVICE names.

@@ -68,9 +68,14 @@ def ca_file(certs_dir: Path) -> str:
     return str(certs_dir / "ca.pem")
 
 
-def run_command(argv: list[str], cwd: Path | None = None, timeout: float = 120) -> str:
+def run_command(
+    argv: list[str],
+    cwd: Path | None = None,
+    timeout: float = 120,
+    env: dict[str, str] | None = None,
+) -> str:
     """stdout of a command (docker, compose) that must succeed; its stderr tail if not."""
-    done = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    done = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
     if done.returncode != 0:
         raise AssertionError(f"{' '.join(argv)} exited {done.returncode}: {done.stderr[-2000:]}")
     return done.stdout

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # make test-compose: build the compose stack (users in PostgreSQL), start it, run the integration and security
-# suites through its nginx, and always tear it down with its volumes.
+# suites through its nginx, and always tear it down with its volumes. Then, with the same
+# images, a clean clone of the repository brought up by `docker compose up -d` alone
+# (tests/compose/test_compose_fresh_clone.py).
 #
 # On the way it installs Docker's engine and compose from Debian's packages when missing,
 # starts dockerd when none runs (and stops it afterwards), and, when no image registry can
@@ -67,5 +69,11 @@ EOF
 phase "stack up, every container healthy, https://localhost:$MG_HTTPS_PORT answers"
 
 # --- the suites, through nginx -----------------------------------------------------------------
-MG_VAR_DIR="$TEST_VAR_DIR" "$PY" -m pytest -m "stack and not native and not swarm" tests "$@"
+MG_VAR_DIR="$TEST_VAR_DIR" "$PY" -m pytest -m "stack and not native and not swarm and not clone" tests "$@"
 phase "suites passed"
+
+# --- a clean clone, on the same ports once this stack is gone ----------------------------------
+compose down --volumes --remove-orphans --timeout 40 >/dev/null 2>&1
+COMPOSE_UP=""
+"$PY" -m pytest -m clone tests/compose "$@"
+phase "a clean clone came up with docker compose alone, kept its users across down/up, down -v removed it"

@@ -24,13 +24,40 @@ from tests.conftest import make_client, run_command
 class ComposeProject:
     """The running compose project, seen through the docker and compose command lines."""
 
-    def __init__(self, command: list[str], name: str, root: Path) -> None:
+    def __init__(
+        self, command: list[str], name: str, root: Path, env: dict[str, str] | None = None
+    ) -> None:
         self.command = command
         self.name = name
         self.root = root
+        self.env = env  # compose's environment; None: this process's
 
-    def compose(self, *args: str, timeout: float = 300) -> str:
-        return run_command([*self.command, *args], cwd=self.root, timeout=timeout)
+    def compose(self, *args: str, timeout: float = 300, check: bool = True) -> str:
+        argv = [*self.command, *args]
+        if check:
+            return run_command(argv, cwd=self.root, timeout=timeout, env=self.env)
+        done = subprocess.run(
+            argv, cwd=self.root, env=self.env, capture_output=True, text=True, timeout=timeout
+        )
+        return done.stdout
+
+    def exited(self, service: str) -> dict[str, Any]:
+        """``docker inspect`` of a one-shot service's container (``init``), run or not."""
+        ids = run_command(
+            [
+                "docker",
+                "ps",
+                "-aq",
+                "--filter",
+                f"label=com.docker.compose.project={self.name}",
+                "--filter",
+                f"label=com.docker.compose.service={service}",
+                "--filter",
+                "label=com.docker.compose.oneoff=False",
+            ]
+        ).split()
+        assert len(ids) == 1, f"{service}: containers {ids}"
+        return dict(json.loads(run_command(["docker", "inspect", ids[0]]))[0])
 
     def running(self) -> dict[str, dict[str, Any]]:
         """``docker inspect`` of every running container of the project, by service name."""
@@ -61,6 +88,10 @@ class ComposeProject:
         if check and done.returncode != 0:
             raise AssertionError(f"{service}: {' '.join(argv)}: {done.stdout}{done.stderr}")
         return done
+
+    def cli(self, *args: str) -> str:
+        """`docker compose run --rm cli <args>`: the operator CLI on the stack's own data."""
+        return self.compose("run", "--rm", "-T", "cli", *args)
 
     def stop(self, service: str) -> None:
         self.compose("stop", service)

@@ -17,9 +17,10 @@ pytestmark = pytest.mark.compose
 ROOT = Path(__file__).resolve().parents[2]
 # make test-compose runs compose.yaml with deploy/compose/postgres.yaml.
 SERVICES = {"nginx", "auth", "inference", "crypto", "redis", "postgres"}
-# What each container may read from secrets/ (compose `secrets:`, under /run/secrets).
+# What each container may read from secrets/: its own copies, which `init` puts into its
+# volume under /run/secrets (nginx's certificate and key: /etc/modelgate/certs).
 SECRETS = {
-    "nginx": set(),
+    "nginx": {"server.pem", "server-key.pem"},
     "redis": set(),
     "postgres": {"postgres_password"},
     "auth": {"admin_password", "jwks.json", "jwt", "database_url"},
@@ -119,12 +120,16 @@ def test_services_trust_forwarded_headers_from_nginx_alone(
 
 def test_each_container_gets_only_its_own_secrets(compose_project: ComposeProject) -> None:
     for service, c in compose_project.containers().items():
-        mounted = {
-            Path(m["Destination"]).name
-            for m in c["Mounts"]
-            if m["Destination"].startswith("/run/secrets/")
-        }
-        assert mounted == SECRETS[service], service
+        folder = "/etc/modelgate/certs" if service == "nginx" else "/run/secrets"
+        listing = compose_project.exec(
+            service, "sh", "-c", f"cd {folder} 2>/dev/null && stat -c '%n %a %u' * || true"
+        ).stdout.split("\n")
+        found = {line.split()[0]: line.split()[1:] for line in listing if line.strip()}
+        assert set(found) == SECRETS[service], service
+        uid = c["Config"]["User"].split(":")[0]
+        for name, (mode, owner) in found.items():
+            # A folder (auth's jwt/) is 500; files are 400; all the container user's own.
+            assert (mode, owner) in (("400", uid), ("500", uid)), f"{service} {name}"
         for m in c["Mounts"]:
             if m["Type"] == "bind" and m["Source"] != os.environ.get("MG_TEST_LOG_DIR"):
                 assert m["RW"] is False, f"{service} mounts {m['Source']} writable"

@@ -110,10 +110,12 @@ INIT_STEPS: list[Callable[[ProjectPaths], list[str]]] = [
 ]
 
 
-def run_init(paths: ProjectPaths) -> list[str]:
+def run_init(paths: ProjectPaths, *, compose_env: bool = True) -> list[str]:
+    """Every step; ``compose_env`` False inside the compose stack's init container."""
     made: list[str] = []
     for step in INIT_STEPS:
         made += step(paths)
     # Last, whatever steps are added above: it must see every file they made.
-    made += ensure_compose_env(paths)
+    if compose_env:
+        made += ensure_compose_env(paths)
     return made
