@@ -49,6 +49,7 @@ def test_json_502_with_security_headers_while_a_service_is_stopped(
     compose_project.stop(service)
     try:
         response = client.get(path)
+        health = client.get("/healthz")
     finally:
         compose_project.start(service)
         compose_project.wait_healthy(base_url, ca_file)
@@ -57,5 +58,9 @@ def test_json_502_with_security_headers_while_a_service_is_stopped(
     assert response.status_code in (502, 504)
     assert response.json() == {"detail": "service unavailable"}
     assert hardening_problems(response) == []
+    # The stack's health says so, and not which part is missing.
+    assert health.status_code == 503
+    assert health.json() == {"detail": "service unavailable"}
+    assert hardening_problems(health) == []
     # Back where it was (nginx resolved its address once, at start): it answers again.
     assert client.get(path).status_code < 500

@@ -68,14 +68,20 @@ def test_headers_on_502_with_service_stopped(
     native_stack.stop(program)
     try:
         response = client.get(path)
+        health = client.get("/healthz")
     finally:
         native_stack.start(program)
         native_stack.wait_ready()
     assert response.status_code == 502
     assert response.json() == {"detail": "service unavailable"}
     assert_hardened(response)
+    # The stack's health says so, and not which part is missing.
+    assert health.status_code == 503
+    assert health.json() == {"detail": "service unavailable"}
+    assert_hardened(health)
     # The service is back and answers the same path itself.
     assert client.get(path).status_code < 500
+    assert client.get("/healthz").status_code == 200
 
 
 def test_headers_on_401_from_each_service(
