@@ -28,7 +28,9 @@ RUN set -eu; \
 FROM ${PYTHON_IMAGE} AS source
 ARG MG_PACKAGE
 COPY libs/common/src/ /app/src/
-COPY services/ /tmp/services/
+COPY services/auth/src/ /tmp/services/auth/src/
+COPY services/inference/src/ /tmp/services/inference/src/
+COPY services/crypto/src/ /tmp/services/crypto/src/
 COPY cli/src/ /tmp/cli/
 RUN set -eu; \
     case "${MG_PACKAGE:-}" in \

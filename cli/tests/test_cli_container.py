@@ -286,3 +286,13 @@ def test_the_containers_user_is_never_root(
     monkeypatch.setenv("MG_UID", "0")
     assert container.main(["init"]) == 2
     assert "MG_UID must not be 0" in capfd.readouterr().err
+
+
+def test_a_certificate_of_another_ca_is_never_replaced(tmp_path: Path) -> None:
+    theirs, ours = tmp_path / "theirs", tmp_path / "ours"
+    ensure_certificates(theirs, "real.example.org")
+    ensure_certificates(ours, "localhost")
+    for name in ("server.pem", "server-key.pem"):
+        (ours / name).write_bytes((theirs / name).read_bytes())
+    assert ensure_certificates(ours, "localhost,gateway.lan") == []
+    assert (ours / "server.pem").read_bytes() == (theirs / "server.pem").read_bytes()

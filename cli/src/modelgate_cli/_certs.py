@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -47,8 +48,19 @@ _HOSTNAME = re.compile(
 )
 
 
-def _names_of(server_pem: Path) -> set[x509.GeneralName]:
+def _ours_with_other_names(server_pem: Path, ca_pem: Path, names: list[x509.GeneralName]) -> bool:
+    """True for a server certificate our CA issued for other names than ``names``; a
+    certificate from any other CA (a real one put in place) is never replaced."""
     cert = x509.load_pem_x509_certificate(server_pem.read_bytes())
+    ca_cert = x509.load_pem_x509_certificate(ca_pem.read_bytes())
+    try:
+        cert.verify_directly_issued_by(ca_cert)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return _names_of(cert) != set(names)
+
+
+def _names_of(cert: x509.Certificate) -> set[x509.GeneralName]:
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
@@ -76,8 +88,9 @@ def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
 def ensure_certificates(certs: Path, hostnames: str | None = None) -> list[str]:
     """Create the CA and the server certificate when missing; return what was made.
 
-    The server certificate is issued again, under the same CA, when its names are not
-    those of MG_TLS_HOSTNAMES (or ``hostnames``): the CA clients trust never changes."""
+    The server certificate our CA issued is issued again, under the same CA, when its names
+    are not those of MG_TLS_HOSTNAMES (or ``hostnames``): the CA clients trust never changes,
+    and a certificate from another CA is never touched."""
     made: list[str] = []
     names = tls_hostnames(hostnames)
     ca_pem, ca_key_pem = certs / "ca.pem", certs / "ca-key.pem"
@@ -117,7 +130,7 @@ def ensure_certificates(certs: Path, hostnames: str | None = None) -> list[str]:
         (certs / "server.pem").unlink(missing_ok=True)  # re-issue under the new CA
         made.append("certificate authority")
     server_pem, server_key_pem = certs / "server.pem", certs / "server-key.pem"
-    renamed = server_pem.exists() and _names_of(server_pem) != set(names)
+    renamed = server_pem.exists() and _ours_with_other_names(server_pem, ca_pem, names)
     if renamed or not (server_pem.exists() and server_key_pem.exists()):
         signing_key = serialization.load_pem_private_key(ca_key_pem.read_bytes(), password=None)
         assert isinstance(signing_key, ec.EllipticCurvePrivateKey)
