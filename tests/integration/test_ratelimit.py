@@ -1,6 +1,6 @@
 """Rate limits through nginx against the running stack (2 workers per service).
 
-The defaults are the ones under test (README "Rate limits"): sign-in 5/minute per
+The defaults are the ones under test (docs/rate-limits.md): sign-in 5/minute per
 client address, predict 10/minute per token subject (admin tier 100/minute) and
 10,000 rows a day, crypto 60/minute. Each test uses its own source address or its
 own new user, so its buckets start empty whatever ran before.

@@ -18,11 +18,14 @@ STACK_DEFAULTS = {
     "MG_FORWARDED_ALLOW_IPS": "(none)",
     "MG_GRACEFUL_TIMEOUT": "20",
     "MG_CERTS_DIR": "certs/",
+    "MG_TLS_HOSTNAMES": "localhost,127.0.0.1",
 }
 STACK_VARIABLES = {
     "MG_HTTPS_PORT": "HTTPS port of the API",
     "MG_HTTP_PORT": "plain HTTP port (refuses every request)",
-    "MG_BIND_ADDRESS": "address nginx listens on",
+    "MG_BIND_ADDRESS": "address nginx listens on (compose: the host address of its ports)",
+    "MG_TLS_HOSTNAMES": "the server certificate's host names and IP addresses, comma-separated "
+    "(`modelgate init` issues it again under the same CA when they change)",
     "MG_REDIS_PORT": "port of the stack's own Redis (native stack)",
     "MG_AUTH_PORT": "port of the auth service (loopback)",
     "MG_INFERENCE_PORT": "port of the inference service (loopback)",
