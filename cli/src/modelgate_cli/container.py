@@ -49,9 +49,10 @@ SERVICE_FILES: dict[str, dict[str, str]] = {
 }
 POSTGRES_AUTH_FILES = {"database_url": "secrets/database_url"}
 
-# Commands that work on what the containers hold (the user database, Redis, the services):
+# Commands that work on what the containers hold (the database of users and clients,
+# Redis, the services):
 # run as the containers' user. Every other command runs as the project folder's owner.
-CONTAINER_COMMANDS = {"user", "db", "status"}
+CONTAINER_COMMANDS = {"user", "client", "db", "status"}
 
 
 def container_user() -> tuple[int, int]:
