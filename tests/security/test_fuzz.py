@@ -135,9 +135,11 @@ def fuzz_config(base_url: str, ca_file: str) -> SchemathesisConfig:
                     "checks": {"positive_data_acceptance": {"expected-statuses": [*ACCEPTED, 400]}},
                 },
                 {
-                    # RFC 6749 §5.2: the token endpoint refuses schema-valid forms with 400
-                    # (a wrong password: invalid_grant; an unknown grant_type or scope).
-                    "include-path": "/auth/token",
+                    # RFC 6749 §5.2 (and RFC 7009 §2.2.1 for revocation): the token and
+                    # revocation endpoints refuse schema-valid forms with 400 (a wrong
+                    # password: invalid_grant; an unknown grant_type or scope; an empty
+                    # value, which counts as absent: invalid_request).
+                    "include-path": ["/auth/token", "/auth/revoke"],
                     "checks": {"positive_data_acceptance": {"expected-statuses": [*ACCEPTED, 400]}},
                 },
                 {

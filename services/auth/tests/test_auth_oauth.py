@@ -170,6 +170,16 @@ def test_a_bearer_header_is_not_client_authentication(client: TestClient, make_u
     assert _token(client, form, headers={"Authorization": "Bearer abc"}).status_code == 200
 
 
+def test_an_empty_basic_id_and_secret_are_no_client_authentication(
+    client: TestClient, make_user: Any
+) -> None:
+    """Swagger UI's password flow sends ``Basic Og==`` when its client fields are empty."""
+    make_user("alice")
+    form = {"username": "alice", "password": USER_PASSWORD}
+    empty = {"Authorization": "Basic " + base64.b64encode(b":").decode()}
+    assert _token(client, form, headers=empty).status_code == 200
+
+
 def test_two_client_authentication_methods_are_an_invalid_request(client: TestClient) -> None:
     basic = base64.b64encode(b"a:b").decode()
     form = {"grant_type": "client_credentials", "client_id": "a", "client_secret": "b"}

@@ -151,6 +151,14 @@ class ClientCredentials:
         return self.method == "client_secret_basic"
 
 
+def _from_body(form: dict[str, str]) -> ClientCredentials | None:
+    if "client_id" not in form and "client_secret" not in form:
+        return None
+    if "client_id" not in form:
+        raise invalid_client("client_secret without client_id", basic=False)
+    return ClientCredentials(form["client_id"], form.get("client_secret"), "client_secret_post")
+
+
 def client_credentials(request: Request, form: dict[str, str]) -> ClientCredentials | None:
     """The client authentication of a request, if any. RFC 6749 §2.3: one method only;
     Basic carries the form-urlencoded id and secret (§2.3.1). An Authorization header of
@@ -165,11 +173,7 @@ def client_credentials(request: Request, form: dict[str, str]) -> ClientCredenti
         header = None
     in_body = "client_id" in form or "client_secret" in form
     if header is None:
-        if not in_body:
-            return None
-        if "client_id" not in form:
-            raise invalid_client("client_secret without client_id", basic=False)
-        return ClientCredentials(form["client_id"], form.get("client_secret"), "client_secret_post")
+        return _from_body(form)
     if in_body and "client_secret" in form:
         raise OAuthError(INVALID_REQUEST, "use one client authentication method, not two")
     encoded = header.partition(" ")[2]
@@ -180,6 +184,10 @@ def client_credentials(request: Request, form: dict[str, str]) -> ClientCredenti
         secret = unquote(quoted_secret, errors="strict")
     except (binascii.Error, UnicodeDecodeError):
         raise invalid_client("malformed Basic credentials", basic=True) from None
+    if colon and not client_id and not secret:
+        # An empty id and secret (``Basic Og==``, what Swagger UI's password flow sends when
+        # its client fields are left empty) count as absent, like empty form parameters.
+        return _from_body(form)
     if not colon or not client_id:
         raise invalid_client("malformed Basic credentials", basic=True)
     if "client_id" in form and form["client_id"] != client_id:
