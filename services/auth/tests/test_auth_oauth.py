@@ -139,10 +139,11 @@ def test_an_unknown_client_secret_is_invalid_client(client: TestClient, make_use
         "Basic " + base64.b64encode(b":no-id").decode(),
         "Basic " + base64.b64encode(b"bad%ZZ%FF:x").decode(),
         "Basic " + base64.b64encode("caf\xe9:x".encode("latin-1")).decode(),
+        b"Basic \xe9\xe9\xe9\xe9",  # not even ASCII, so not base64
     ],
 )
 def test_malformed_client_authentication_is_invalid_client(
-    client: TestClient, make_user: Any, authorization: str
+    client: TestClient, make_user: Any, authorization: str | bytes
 ) -> None:
     make_user("alice")
     form = {"username": "alice", "password": USER_PASSWORD}

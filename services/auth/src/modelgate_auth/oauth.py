@@ -10,7 +10,6 @@ clients of either kind understand them.
 from __future__ import annotations
 
 import base64
-import binascii
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -182,7 +181,7 @@ def client_credentials(request: Request, form: dict[str, str]) -> ClientCredenti
         quoted_id, colon, quoted_secret = decoded.partition(":")
         client_id = unquote(quoted_id, errors="strict")
         secret = unquote(quoted_secret, errors="strict")
-    except (binascii.Error, UnicodeDecodeError):
+    except ValueError:  # not base64 (not even ASCII), not ASCII decoded, a bad %-escape
         raise invalid_client("malformed Basic credentials", basic=True) from None
     if colon and not client_id and not secret:
         # An empty id and secret (``Basic Og==``, what Swagger UI's password flow sends when
