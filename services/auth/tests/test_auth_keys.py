@@ -10,7 +10,7 @@ from auth_testlib import ADMIN_PASSWORD, bearer, login
 from fastapi.testclient import TestClient
 from jose import jwt
 from modelgate_auth.config import AuthSettings
-from modelgate_auth.keys import KeyStore, KeyStoreError
+from modelgate_auth.keys import KeyStore, KeyStoreError, Signer
 
 
 def _store(settings: AuthSettings) -> KeyStore:
@@ -114,3 +114,19 @@ def test_ensure_writes_nothing_when_a_key_exists(tmp_path: Path) -> None:
         assert not (tmp_path / "jwt" / ".lock").exists()
     finally:
         (tmp_path / "jwt").chmod(0o700)
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o604, 0o620])
+def test_a_signing_key_others_can_read_or_change_is_refused(tmp_path: Path, mode: int) -> None:
+    """Whoever reads the signing key signs any token (an admin's too): it is held to the
+    rules of every secret file, and the service does not sign with it."""
+    store = KeyStore(tmp_path / "jwt", tmp_path / "jwks.json")
+    kid = store.ensure()
+    assert kid is not None
+    store.private_path(kid).chmod(mode)
+    with pytest.raises(KeyStoreError, match="signing key"):
+        Signer(store).load()
+    store.private_path(kid).chmod(0o600)
+    signer = Signer(store)
+    signer.load()
+    assert signer.current()[0] == kid

@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jose import jwk
 from jose.backends.base import Key
-from modelgate_common import ALGORITHM, write_private, write_public
+from modelgate_common import ALGORITHM, private_file_problem, write_private, write_public
 
 _KID_TIME = "%Y%m%dT%H%M%SZ"
 
@@ -195,7 +195,12 @@ class Signer:
             kids = self.store.kids()
             if not kids:
                 raise KeyStoreError("no signing key; run `modelgate init`")
-            pem = self.store.private_path(kids[0]).read_bytes()
+            path = self.store.private_path(kids[0])
+            # Whoever can read the signing key can sign any token: held as every secret is.
+            problem = private_file_problem(path.stat())
+            if problem:
+                raise KeyStoreError(f"signing key {path} is {problem}")
+            pem = path.read_bytes()
             self._current = (kids[0], jwk.construct(pem, ALGORITHM))
             self._stamp = stamp
             self._checked_at = time.monotonic()
