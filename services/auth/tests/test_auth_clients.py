@@ -13,6 +13,7 @@ import pytest
 from auth_testlib import ADMIN_PASSWORD, USER_PASSWORD, bearer, login, make_settings
 from fastapi.testclient import TestClient
 from jose import jwt
+from modelgate_auth.clients import ClientAuthFailed
 from modelgate_auth.config import AuthSettings
 from modelgate_auth.main import create_app
 from modelgate_common import RateLimitSettings
@@ -345,3 +346,22 @@ def test_failed_client_authentication_is_limited_per_client(limited: TestClient)
     # Another client is not affected; nor is a user.
     assert _client_token(limited, other).status_code == 200
     assert login(limited, "admin", ADMIN_PASSWORD).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "change", [{"scopes": ["models:read"]}, {"rotate_secret": True}, {"disabled": True}]
+)
+def test_a_client_token_racing_a_change_that_revokes_is_not_signed(
+    client: TestClient, admin_token: str, make_client: Any, change: dict[str, Any]
+) -> None:
+    """The admin narrows, rotates or disables while the secret is being checked: a token
+    signed afterwards would postdate the change's cutoff and outlive it."""
+    created = make_client("racer", ["models:read", "models:predict"])
+    clients = client.app.state.client_service  # type: ignore[attr-defined]
+    authenticated = clients.authenticate(created["client_id"], created["client_secret"], None)
+    changed = client.patch(
+        f"/auth/clients/{created['client_id']}", json=change, headers=bearer(admin_token)
+    )
+    assert changed.status_code == 200, changed.text
+    with pytest.raises(ClientAuthFailed):
+        clients.token(authenticated, "", None)

@@ -12,6 +12,7 @@ from auth_testlib import ADMIN_PASSWORD, USER_PASSWORD, bearer, login
 from fastapi.testclient import TestClient
 from jose import jwt
 from modelgate_auth.config import AuthSettings
+from modelgate_auth.schemas import UserUpdate
 from modelgate_auth.service import RefreshRejected
 from modelgate_common import ADMIN_SCOPES, ANALYST_SCOPES, PROBABILITY_SCOPE, USER_SCOPES, KeySet
 from sqlalchemy import text
@@ -390,3 +391,28 @@ def test_expired_refresh_tokens_are_pruned(
         assert conn.execute(text("SELECT count(*) FROM refresh_families")).scalar_one() == 0
     assert _refresh(client, user_tokens["refresh_token"]) == 401
     assert login(client, "alice", USER_PASSWORD).status_code == 200
+
+
+def test_a_sign_in_racing_a_role_change_gets_no_token(
+    client: TestClient, make_user: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The admin demotes the user while the password is being checked: the token that
+    sign-in would sign postdates the demotion's cutoff, so it must not be signed with the
+    scopes of the old role (nor at all: the user signs in again)."""
+    make_user("racer", role="admin")
+    service = client.app.state.auth_service  # type: ignore[attr-defined]
+    verify = service.passwords.verify
+
+    def verify_then_demote(password: str, stored: str) -> tuple[bool, str | None]:
+        outcome = verify(password, stored)
+        monkeypatch.setattr(service.passwords, "verify", verify)
+        service.update_user("racer", UserUpdate(role="user"), "admin")
+        return outcome
+
+    monkeypatch.setattr(service.passwords, "verify", verify_then_demote)
+    response = login(client, "racer", USER_PASSWORD)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"] == "invalid_grant"
+    again = login(client, "racer", USER_PASSWORD)
+    assert again.status_code == 200, again.text
+    assert again.json()["scope"] == " ".join(USER_SCOPES)

@@ -220,7 +220,18 @@ class ClientService:
     def token(self, client: Client, scope: str, client_ip: str | None) -> TokenPair:
         """An access token for an authenticated client: its scopes, or the requested
         ones when every one of them was given to it (RFC 6749 ``invalid_scope`` else)."""
-        allowed = client.scopes.split()
+        with self.auth.sessions() as session:
+            current = self._find(session, client.client_id)
+        # Disabled, removed, given other scopes or a new secret since the secret was
+        # checked: a token signed now would postdate that change's revocation cutoff.
+        if (
+            current is None
+            or current.disabled
+            or current.scopes != client.scopes
+            or current.revoked_before != client.revoked_before
+        ):
+            raise ClientAuthFailed()
+        allowed = current.scopes.split()
         wanted = scope.split()
         if not set(wanted) <= set(allowed):
             audit(
@@ -231,10 +242,6 @@ class ClientService:
             )
             raise InvalidScope("invalid scope: more than the client was given")
         granted = " ".join(s for s in allowed if not wanted or s in wanted)
-        with self.auth.sessions() as session:
-            current = self._find(session, client.client_id)
-        if current is None or current.disabled:  # disabled or removed since authentication
-            raise ClientAuthFailed()
         subject = client_subject(current.client_id)
         access, jti, _ = self.auth.access_token(
             subject, CLIENT_ROLE, granted, current.revoked_before

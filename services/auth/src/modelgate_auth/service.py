@@ -463,7 +463,15 @@ class AuthService:
         now = int(time.time())
         with self.sessions.begin() as session:
             current = session.get(User, user.id)
-            if current is None or current.disabled:
+            # Disabled, given another role or a new password since the password was
+            # checked: a token signed now would postdate that change's revocation cutoff
+            # (and carry the scopes of the role the user had).
+            if (
+                current is None
+                or current.disabled
+                or current.role != user.role
+                or current.revoked_before != user.revoked_before
+            ):
                 raise InvalidCredentials()
             if new_hash is not None:
                 current.password_hash = new_hash
