@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from modelgate_common import CommonSettings
+from modelgate_common import CommonSettings, private_file_problem
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -101,6 +101,12 @@ class AuthSettings(BaseSettings):
     @property
     def database(self) -> str:
         if self.database_url_file:
+            # It holds the database password: held to the rules of every secret file.
+            problem = private_file_problem(self.database_url_file.stat())
+            if problem:
+                raise ValueError(
+                    f"{self.database_url_file} (MG_AUTH_DATABASE_URL_FILE) is {problem}"
+                )
             url = self.database_url_file.read_text(encoding="utf-8").strip()
             if not url:
                 raise ValueError(f"{self.database_url_file} (MG_AUTH_DATABASE_URL_FILE) is empty")
