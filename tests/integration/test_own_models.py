@@ -35,14 +35,13 @@ def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-def modelgate(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+def modelgate(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [str(Path(os.environ.get("MG_VENV", ROOT / ".venv")) / "bin" / "modelgate"), *args],
         capture_output=True,
         text=True,
         timeout=600,
-        input=stdin,
-        env={**os.environ, "MG_ROOT": str(ROOT)},
+        env={**os.environ, "MG_ROOT": str(ROOT), **env},
     )
 
 
@@ -210,7 +209,13 @@ def served(
         assert done.returncode == 0, done.stderr
         assert f"registered {kind.name} version 1" in done.stdout
         runtime = next(line for line in done.stdout.splitlines() if line.startswith("runtime: "))
-        done = modelgate("model", "load", kind.name)
+        # As compose's cli container calls it: nginx by another name than the certificate's
+        # (the certificate is still checked, for its first name)
+        via = {"MG_NGINX_HOST": "127.0.0.1"} if request.param == "pipeline" else {}
+        if via:  # the name checked is the first of MG_TLS_HOSTNAMES: a wrong one fails TLS
+            done = modelgate("model", "load", kind.name, **via, MG_TLS_HOSTNAMES="other.example")
+            assert done.returncode == 1 and "cannot reach https://127.0.0.1:" in done.stderr
+        done = modelgate("model", "load", kind.name, **via)
         assert done.returncode == 0, done.stderr
         assert f"serving {kind.name} version 1" in done.stdout
         yield kind, runtime

@@ -31,15 +31,20 @@ def load_over_https(
     name: str,
     version: str | None,
     timeout: float = 60.0,
+    server_name: str | None = None,
 ) -> dict[str, Any]:
     """Sign in (a token narrowed to ``models:admin``), ask every worker to serve the
-    version, sign out; the load's answer (model, version, workers, switched)."""
+    version, sign out; the load's answer (model, version, workers, switched). With
+    ``server_name`` the certificate is checked for that name instead of the address's
+    host (nginx reached by its compose service name)."""
     verify: str | bool = str(ca) if ca.exists() else True
+    extensions = {"sni_hostname": server_name} if server_name else {}
     try:
         with httpx.Client(base_url=base, verify=verify, timeout=timeout) as client:
             signed_in = client.post(
                 "/auth/token",
                 data={"username": user, "password": password, "scope": LOAD_SCOPE},
+                extensions=extensions,
             )
             if signed_in.status_code != 200:
                 raise LoadFailed(f"signing in as {user} failed ({_detail(signed_in)})")
@@ -50,10 +55,14 @@ def load_over_https(
                     f"/v1/models/{name}/load",
                     json={"version": version} if version else None,
                     headers=headers,
+                    extensions=extensions,
                 )
             finally:
                 client.post(
-                    "/auth/logout", json={"refresh_token": tokens["refresh_token"]}, headers=headers
+                    "/auth/logout",
+                    json={"refresh_token": tokens["refresh_token"]},
+                    headers=headers,
+                    extensions=extensions,
                 )
     except httpx.HTTPError as exc:
         raise LoadFailed(f"cannot reach {base} ({type(exc).__name__})") from None

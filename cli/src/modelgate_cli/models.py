@@ -282,7 +282,10 @@ def load_command(
     ] = False,
     url: Annotated[
         str | None,
-        typer.Option(help="the stack's HTTPS address; default https://localhost:$MG_HTTPS_PORT"),
+        typer.Option(
+            help="the stack's HTTPS address; default https://$MG_NGINX_HOST:$MG_HTTPS_PORT "
+            "(MG_NGINX_HOST: localhost when unset)"
+        ),
     ] = None,
 ) -> None:
     """Serve a registered version in every worker of the running stack: signs in as
@@ -299,9 +302,17 @@ def load_command(
             password = (paths.secrets / "admin_password").read_text().strip()
         except OSError:
             raise _fail("no secrets/admin_password; use --password-stdin") from None
-    base = url or f"https://localhost:{os.environ.get('MG_HTTPS_PORT', '8443')}"
+    # Natively nginx is localhost; compose's cli container reaches it by its service name
+    # (MG_NGINX_HOST) and checks its certificate for the certificate's first name.
+    host = os.environ.get("MG_NGINX_HOST")
+    server_name = None
+    if host and not url:
+        server_name = os.environ.get("MG_TLS_HOSTNAMES", "localhost").split(",")[0].strip()
+    base = url or f"https://{host or 'localhost'}:{os.environ.get('MG_HTTPS_PORT', '8443')}"
     try:
-        result = load_over_https(base, paths.certs / "ca.pem", user, password, name, version)
+        result = load_over_https(
+            base, paths.certs / "ca.pem", user, password, name, version, server_name=server_name
+        )
     except LoadFailed as exc:
         raise _fail(str(exc)) from None
     typer.echo(
