@@ -32,6 +32,8 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, redis_server: Any) 
         monkeypatch.setenv(f"MG_AUTH_ARGON2_{name}", value)
     result = runner.invoke(app, ["init"])
     assert result.exit_code == 0, result.output
+    # The CLI signs in to Redis as auth, with the password init made.
+    redis_server.add_users((tmp_path / "secrets" / "redis_users.acl").read_text())
     yield tmp_path
 
 
