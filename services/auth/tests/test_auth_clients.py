@@ -365,3 +365,20 @@ def test_a_client_token_racing_a_change_that_revokes_is_not_signed(
     assert changed.status_code == 200, changed.text
     with pytest.raises(ClientAuthFailed):
         clients.token(authenticated, "", None)
+
+
+def test_a_client_name_shaped_like_a_client_id_is_refused(
+    client: TestClient, admin_token: str, make_client: Any
+) -> None:
+    """The CLI takes a client's id or name, the id first: a name that looks like an id
+    (another client's, say) could make `modelgate client remove NAME` remove that one."""
+    other = make_client("other-job")
+    body = {"name": other["client_id"], "scopes": ["models:read"]}
+    response = client.post("/auth/clients", json=body, headers=bearer(admin_token))
+    assert response.status_code == 422, response.text
+    renamed = client.patch(
+        f"/auth/clients/{other['client_id']}",
+        json={"name": "0123456789abcdef01234567"},
+        headers=bearer(admin_token),
+    )
+    assert renamed.status_code == 422, renamed.text

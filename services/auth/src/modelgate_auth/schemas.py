@@ -134,7 +134,20 @@ CLIENT_NAME_PATTERN = r"^[A-Za-z0-9_.-]{3,64}$"
 CLIENT_ID_PATTERN = r"^[0-9a-f]{24}$"
 CLIENT_SECRET_MAX = 128
 
-ClientName = Annotated[str, Field(pattern=CLIENT_NAME_PATTERN, examples=["nightly-scoring"])]
+
+def _not_an_id(name: str) -> str:
+    # The CLI names a client by its id or its name, the id first: a name shaped like an
+    # id could stand for another client.
+    if is_valid_client_id(name):
+        raise ValueError("a client name cannot look like a client id (24 hex digits)")
+    return name
+
+
+ClientName = Annotated[
+    str,
+    Field(pattern=CLIENT_NAME_PATTERN, examples=["nightly-scoring"]),
+    AfterValidator(_not_an_id),
+]
 ClientScope = Literal[CLIENT_SCOPES]  # type: ignore[valid-type]
 ClientScopes = Annotated[
     list[ClientScope],
