@@ -23,11 +23,11 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def test_db_current_then_upgrade(project: Path) -> None:
     before = runner.invoke(app, ["db", "current"])
     assert before.exit_code == 1
-    assert "empty (newest: 0003)" in before.output
+    assert "empty (newest: 0004)" in before.output
     upgraded = runner.invoke(app, ["db", "upgrade"])
     assert upgraded.exit_code == 0, upgraded.output
-    assert "empty -> 0003" in upgraded.output
+    assert "empty -> 0004" in upgraded.output
     assert (project / "var" / "data" / "users.db").exists()
     after = runner.invoke(app, ["db", "current"])
     assert after.exit_code == 0
-    assert ": 0003 (newest: 0003)" in after.output
+    assert ": 0004 (newest: 0004)" in after.output

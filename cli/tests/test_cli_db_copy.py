@@ -24,7 +24,14 @@ from sqlalchemy import func, make_url, select
 from typer.testing import CliRunner
 
 runner = CliRunner()
-TABLES = ["users", "clients", "refresh_families", "refresh_tokens", "revocations"]
+TABLES = [
+    "users",
+    "clients",
+    "refresh_families",
+    "refresh_tokens",
+    "revocations",
+    "service_keys",
+]
 # The throwaway cluster trusts loopback: any password gets in, so a URL can carry one.
 PASSWORD = "Pg-S3cret-do-not-print"
 
@@ -78,6 +85,8 @@ def _populate(settings: AuthSettings) -> dict[str, Any]:
         rotated = client.post("/auth/refresh", json={"refresh_token": first["refresh_token"]})
         assert rotated.status_code == 200, rotated.text
         bob = login(client, "bob", USER_PASSWORD).json()
+        # An unknown user name: the audit log's hashing key is made (service_keys).
+        assert login(client, "nobody", USER_PASSWORD).status_code == 401
         assert client.post("/auth/logout", headers=bearer(bob["access_token"])).status_code == 204
         return {"alice": rotated.json(), "bob": bob}
 

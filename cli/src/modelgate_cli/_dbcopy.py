@@ -28,7 +28,8 @@ from modelgate_auth.db import (
 from sqlalchemy import URL, Connection, Engine, Table, func, inspect, make_url, select, text
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
-# Parents before children (users -> refresh_families -> refresh_tokens; revocations).
+# Parents before children (users -> refresh_families -> refresh_tokens; revocations;
+# service_keys).
 TABLES: tuple[Table, ...] = tuple(Base.metadata.sorted_tables)
 BATCH = 1000
 # psycopg waits for an unreachable host as long as the OS lets it; a copy should not.

@@ -21,7 +21,6 @@ from modelgate_auth.db import (
     upgrade_schema,
 )
 from sqlalchemy import Engine, inspect, text
-from sqlalchemy.schema import CreateIndex, CreateTable
 
 
 @pytest.fixture
@@ -34,7 +33,7 @@ def engine(settings: AuthSettings) -> Engine:
 def test_migrations_build_what_the_models_describe(engine: Engine) -> None:
     assert schema_revision(engine) is None
     upgrade_schema(engine)
-    assert schema_revision(engine) == head_revision() == "0003"
+    assert schema_revision(engine) == head_revision() == "0004"
     with engine.connect() as conn:
         differences = compare_metadata(
             MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata
@@ -57,32 +56,44 @@ def test_upgrade_twice_is_a_no_op(engine: Engine) -> None:
 
 
 def test_a_database_made_before_alembic_is_adopted_and_migrated(engine: Engine) -> None:
-    # The schema as the service made it before migrations existed (no created_at).
+    # The schema as the service made it before migrations existed: what 0001 creates
+    # (no revocations.created_at, no users.uid), without Alembic's version table.
+    upgrade_schema(engine, "0001")
     with engine.begin() as conn:
-        for table in Base.metadata.sorted_tables:
-            if table.name == "clients":  # not part of the schema before Alembic
-                continue
-            if table.name == "revocations":
-                conn.execute(
-                    text(
-                        "CREATE TABLE revocations (id INTEGER PRIMARY KEY, "
-                        "key VARCHAR(255) NOT NULL, value VARCHAR(64) NOT NULL, "
-                        "expires_at INTEGER NOT NULL)"
-                    )
-                )
-                continue
-            conn.execute(CreateTable(table))
-            for index in table.indexes:
-                conn.execute(CreateIndex(index))
+        conn.execute(text("DROP TABLE alembic_version"))
         conn.execute(
             text("INSERT INTO revocations (id, key, value, expires_at) VALUES (1, 'k', '1', 9)")
         )
+    assert schema_revision(engine) is None
     upgrade_schema(engine)
     assert schema_revision(engine) == head_revision()
     columns = {c["name"] for c in inspect(engine).get_columns("revocations")}
     assert "created_at" in columns
     with engine.connect() as conn:
         assert conn.execute(text("SELECT created_at FROM revocations")).scalar_one() == 0
+
+
+def test_users_present_at_0004_get_random_ids_and_keep_name_derived_keys(
+    engine: Engine,
+) -> None:
+    upgrade_schema(engine, "0003")
+    with engine.begin() as conn:
+        for name in ("alice", "bob"):
+            conn.execute(
+                text(
+                    "INSERT INTO users (username, password_hash, role, disabled, created_at, "
+                    "updated_at, revoked_before) VALUES (:name, 'h', 'user', false, 1, 1, 0)"
+                ),
+                {"name": name},
+            )
+    upgrade_schema(engine)
+    with engine.connect() as conn:
+        rows = conn.execute(text("SELECT uid, legacy_owner_keys FROM users")).all()
+        assert conn.execute(text("SELECT count(*) FROM service_keys")).scalar_one() == 0
+    uids = [uid for uid, _ in rows]
+    assert len(set(uids)) == 2
+    assert all(len(uid) == 32 and int(uid, 16) >= 0 for uid in uids)
+    assert [bool(legacy) for _, legacy in rows] == [True, True]
 
 
 def test_the_migrations_ship_inside_the_package() -> None:
@@ -93,6 +104,7 @@ def test_the_migrations_ship_inside_the_package() -> None:
         "0001_initial.py",
         "0002_revocation_created_at.py",
         "0003_clients.py",
+        "0004_user_ids_and_service_keys.py",
     ]
 
 
@@ -119,7 +131,7 @@ def test_clients_migration_adds_and_drops_only_its_table(engine: Engine) -> None
             )
         )
     assert "clients" not in inspect(engine).get_table_names()
-    upgrade_schema(engine)
+    upgrade_schema(engine, "0003")
     assert schema_revision(engine) == "0003"
     unique = {tuple(u["column_names"]) for u in inspect(engine).get_unique_constraints("clients")}
     assert {("client_id",), ("name",)} <= unique

@@ -27,6 +27,7 @@ from sqlalchemy import (
     String,
     create_engine,
     event,
+    false,
     make_url,
     text,
 )
@@ -55,6 +56,15 @@ class User(Base):
     # Tokens of this user issued at or before this time are revoked; new tokens
     # are issued strictly after it (see service.TokenIssuer).
     revoked_before: Mapped[int] = mapped_column(Integer, default=0)
+    # The user's identity everywhere outside this database (the ``uid`` token claim):
+    # 128 random bits, never reused, unlike ``username`` (deleted, then created again)
+    # and ``id`` (SQLite may hand out a deleted row's id again).
+    uid: Mapped[str] = mapped_column(String(32))
+    # Set only for users that existed before ``uid``: their ciphertexts made under keys
+    # derived from the user name still decrypt for them (the ``legacy_owner_keys`` claim).
+    legacy_owner_keys: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+
+    __table_args__ = (Index("ix_users_uid", "uid", unique=True),)
 
 
 class Client(Base):
@@ -119,6 +129,17 @@ class Revocation(Base):
     __table_args__ = (Index("ix_revocations_expires_at", "expires_at"),)
 
 
+class ServiceKey(Base):
+    """A key the auth service generated for itself, made once and shared by every worker
+    and replica (see ``service.AuthService.audit_key``)."""
+
+    __tablename__ = "service_keys"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[int] = mapped_column(Integer)
+
+
 def create_db_engine(url: str) -> Engine:
     parsed = make_url(url)
     is_sqlite = parsed.get_backend_name() == "sqlite"
@@ -126,6 +147,9 @@ def create_db_engine(url: str) -> Engine:
         _create_private_file(Path(parsed.database))
     engine = create_engine(
         url,
+        # A failed statement's message never carries its parameters (password hashes,
+        # token hashes) into a log line or traceback.
+        hide_parameters=True,
         pool_pre_ping=not is_sqlite,
         connect_args={"timeout": 10} if is_sqlite else {},
     )

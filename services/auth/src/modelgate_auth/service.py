@@ -8,9 +8,12 @@ caller can push them to Redis at once; they are already in the database.
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import hmac
 import logging
 import secrets
+import threading
 import time
 import uuid
 from collections.abc import Sequence
@@ -36,7 +39,7 @@ from sqlalchemy import Engine, delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from .db import RefreshFamily, RefreshToken, User
+from .db import RefreshFamily, RefreshToken, ServiceKey, User
 from .keys import Signer
 from .passwords import Passwords
 from .revocation import PendingRevocation, live_subject_cutoff, revoke_jti, revoke_subject
@@ -51,6 +54,9 @@ from .schemas import (
 log = logging.getLogger("modelgate.auth")
 
 BAD_CREDENTIALS = "incorrect username or password"
+# The service key that turns unknown user names into keyed hashes in the audit log.
+AUDIT_KEY = "audit_user_name"
+UNKNOWN_USER_PREFIX = "unknown:"  # never part of a user name (USERNAME_PATTERN has no ":")
 BAD_REFRESH = "refresh token is invalid, expired or revoked"
 
 
@@ -145,6 +151,45 @@ class AuthService:
         self.common = common
         self.access_ttl = access_ttl
         self.refresh_ttl = refresh_ttl
+        self._audit_key: bytes | None = None
+        self._audit_key_lock = threading.Lock()
+
+    # -- what the audit log may say about a user name -----------------------------------
+    def audit_key(self) -> bytes:
+        """The audit log's hashing key: 32 random bytes made once in the database, so every
+        worker and replica hashes a name alike and the hash stays stable across restarts."""
+        if self._audit_key is None:
+            with self._audit_key_lock:
+                if self._audit_key is None:
+                    self._audit_key = self._load_or_create_key(AUDIT_KEY)
+        return self._audit_key
+
+    def _load_or_create_key(self, name: str) -> bytes:
+        with self.sessions() as session:
+            row = session.get(ServiceKey, name)
+            if row is not None:
+                return base64.urlsafe_b64decode(row.value)
+        value = base64.urlsafe_b64encode(secrets.token_bytes(32)).decode("ascii")
+        try:
+            with self.sessions.begin() as session:
+                session.add(ServiceKey(name=name, value=value, created_at=int(time.time())))
+        except IntegrityError:
+            pass  # another worker made it first: use theirs
+        with self.sessions() as session:
+            row = session.get(ServiceKey, name)
+            assert row is not None
+            return base64.urlsafe_b64decode(row.value)
+
+    def audit_name(self, username: str, known: bool) -> str:
+        """A user name as the audit log records it: a known user's name as it is; anything
+        else (often a password typed into the wrong field) as a keyed hash, which still
+        groups repeated attempts on one name but cannot be reversed or guessed offline
+        without the key."""
+        if known:
+            return username
+        data = username.encode("utf-8", "surrogatepass")
+        digest = hmac.new(self.audit_key(), data, hashlib.sha256).hexdigest()
+        return UNKNOWN_USER_PREFIX + digest[:24]
 
     # -- helpers ---------------------------------------------------------------------
     @property
@@ -293,6 +338,7 @@ class AuthService:
                 if self._user(session, username) is not None:
                     raise Conflict("user already exists")
                 user = User(
+                    uid=secrets.token_hex(16),
                     username=username,
                     password_hash=password_hash,
                     role=role,
@@ -430,9 +476,11 @@ class AuthService:
         # the answer is the same whatever the password, so it tells nothing about it.
         unknown = unknown_scopes(scope)
         if unknown:
+            with self.sessions() as session:
+                known = self._user(session, username) is not None
             audit(
                 "login_refused",
-                user=username[:64],
+                user=self.audit_name(username, known),
                 reason="invalid_scope",
                 scope=" ".join(unknown)[:128],
                 client_ip=client_ip,
@@ -443,7 +491,12 @@ class AuthService:
             user = self._user(session, username)
         if user is None:
             self.passwords.dummy_verify(password)
-            audit("login_failed", user=username[:64], reason="unknown_user", client_ip=client_ip)
+            audit(
+                "login_failed",
+                user=self.audit_name(username, known=False),
+                reason="unknown_user",
+                client_ip=client_ip,
+            )
             LOGINS.labels("unknown_user").inc()
             raise InvalidCredentials()
         valid, new_hash = self.passwords.verify(password, user.password_hash)
