@@ -86,7 +86,7 @@ def _populate(settings: AuthSettings) -> dict[str, Any]:
         assert rotated.status_code == 200, rotated.text
         bob = login(client, "bob", USER_PASSWORD).json()
         # An unknown user name: the audit log's hashing key is made (service_keys).
-        assert login(client, "nobody", USER_PASSWORD).status_code == 401
+        assert login(client, "nobody", USER_PASSWORD).status_code == 400
         assert client.post("/auth/logout", headers=bearer(bob["access_token"])).status_code == 204
         return {"alice": rotated.json(), "bob": bob}
 

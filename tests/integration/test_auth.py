@@ -20,7 +20,7 @@ from requests.adapters import HTTPAdapter
 
 ISSUER = os.environ.get("MG_JWT_ISSUER", "modelgate-auth")
 AUDIENCE = os.environ.get("MG_JWT_AUDIENCE", "modelgate")
-CLAIMS = ["iss", "aud", "sub", "role", "scope", "iat", "nbf", "exp", "jti"]
+CLAIMS = ["iss", "aud", "sub", "role", "scope", "iat", "nbf", "exp", "jti", "uid"]
 USER_SCOPES = "models:read models:predict crypto:encrypt crypto:decrypt"
 # A route of each service that needs a valid token, with the scope it needs.
 PROTECTED = [

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import secrets
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -55,6 +56,30 @@ def test_200_values_each_decrypt_on_a_new_connection(
         if response.status_code != 200 or response.json() != {"plaintext": plaintext}:
             failures.append((plaintext, response.status_code))
     assert failures == []
+
+
+def test_a_re_created_user_name_cannot_decrypt_the_old_owners_data(
+    accounts: Accounts, api: httpx.Client
+) -> None:
+    """Delete a user, create one with the same name: the old ciphertext gives the newcomer
+    the same 400 as any other user (owner keys follow the immutable user id)."""
+    name, first = accounts.new_user()
+    ciphertext = encrypt(api, first, "the first owner's secret")
+    assert api.delete(f"/auth/users/{name}", headers=accounts.admin).status_code == 204
+    password = secrets.token_urlsafe(18)
+    created = api.post(
+        "/auth/users",
+        json={"username": name, "password": password, "role": "user"},
+        headers=accounts.admin,
+    )
+    assert created.status_code == 201, created.text
+    second = accounts.login(name, password)
+    for path in ("/crypto/decrypt", "/decrypt/", "/crypto/rotate"):
+        response = api.post(path, json={"ciphertext": ciphertext}, headers=second)
+        assert response.status_code == 400, path
+        assert response.json() == FAILED
+    mine = encrypt(api, second, "the second owner's secret")
+    assert decrypt(api, second, mine).json() == {"plaintext": "the second owner's secret"}
 
 
 def test_seed_aliases(accounts: Accounts, api: httpx.Client) -> None:

@@ -90,6 +90,7 @@ class Forge:
     public_pem: str
     attacker_pem: str
     attacker_jwk: dict[str, Any]
+    uid: str  # the victim's user id, as the auth service issued it
 
     def claims(self, **overrides: Any) -> dict[str, Any]:
         now = int(time.time())
@@ -103,6 +104,7 @@ class Forge:
             "nbf": now,
             "exp": now + 300,
             "jti": uuid.uuid4().hex,
+            "uid": self.uid,
         }
         claims.update(overrides)
         return {k: v for k, v in claims.items() if v is not None}
@@ -154,7 +156,9 @@ def victim(
 
 
 @pytest.fixture(scope="module")
-def forge(victim: dict[str, str], secrets_dir: Path) -> Forge:
+def forge(victim: dict[str, str], secrets_dir: Path, login: Callable[..., dict[str, Any]]) -> Forge:
+    issued = login(victim["username"], victim["password"])["access_token"]
+    uid = jwt.get_unverified_claims(issued)["uid"]
     jwks = json.loads((secrets_dir / "jwks.json").read_text())
     kid = jwks["keys"][0]["kid"]
     private_pem = (secrets_dir / "jwt" / f"{kid}.pem").read_text()
@@ -174,7 +178,7 @@ def forge(victim: dict[str, str], secrets_dir: Path) -> Forge:
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
     attacker_jwk = {**jwk.construct(attacker_public, "RS256").to_dict(), "kid": "attacker"}
-    return Forge(victim["username"], kid, private_pem, public_pem, attacker_pem, attacker_jwk)
+    return Forge(victim["username"], kid, private_pem, public_pem, attacker_pem, attacker_jwk, uid)
 
 
 def call(client: httpx.Client, method: str, path: str, body: Any, token: str) -> httpx.Response:
@@ -230,6 +234,9 @@ ATTACKS: dict[str, Callable[[Forge], str]] = {
     "no-nbf": lambda f: f.sign(f.claims(nbf=None)),
     "no-jti": lambda f: f.sign(f.claims(jti=None)),
     "no-sub": lambda f: f.sign(f.claims(sub=None)),
+    "no-uid": lambda f: f.sign(f.claims(uid=None)),
+    "uid-not-a-string": lambda f: f.sign(f.claims(uid=12345678901234567890)),
+    "legacy-owner-keys-not-a-boolean": lambda f: f.sign(f.claims(legacy_owner_keys="true")),
     "unknown-role": lambda f: f.sign(f.claims(role="root")),
     "no-kid": lambda f: str(jwt.encode(f.claims(), f.private_pem, algorithm="RS256")),
     "unknown-kid": lambda f: f.sign_as_attacker("no-such-key"),

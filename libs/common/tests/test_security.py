@@ -57,6 +57,17 @@ def test_valid_token_gives_principal(factory: TokenFactory, verifier: TokenVerif
     assert "users:admin" not in principal.scopes
 
 
+def test_the_principal_carries_the_user_id_and_the_legacy_marker(
+    factory: TokenFactory, verifier: TokenVerifier
+) -> None:
+    plain = verify(verifier, factory.mint("alice", uid="f0" * 16))
+    assert (plain.user_id, plain.legacy_owner_keys) == ("f0" * 16, False)
+    legacy = verify(verifier, factory.mint("alice", uid="f1" * 16, legacy_owner_keys=True))
+    assert (legacy.user_id, legacy.legacy_owner_keys) == ("f1" * 16, True)
+    explicit = verify(verifier, factory.mint("alice", uid="f2" * 16, legacy_owner_keys=False))
+    assert explicit.legacy_owner_keys is False
+
+
 def _attacks(factory: TokenFactory) -> dict[str, str]:
     now = int(time.time())
     claims = factory.claims()
@@ -84,6 +95,12 @@ def _attacks(factory: TokenFactory) -> dict[str, str]:
         "wrong iss": factory.mint(iss="evil"),
         "unknown role": factory.mint(role="root"),
         "scope not a string": factory.mint(scope=["models:predict"]),
+        "no uid": factory.mint(uid=None),
+        "uid not a string": factory.mint(uid=12345678901234567890),
+        "uid too short": factory.mint(uid="abc"),
+        "uid with a line break": factory.mint(uid="a" * 32 + "\n"),
+        "legacy claim a number": factory.mint(legacy_owner_keys=1),
+        "legacy claim a string": factory.mint(legacy_owner_keys="true"),
         "garbage": "not-a-token",
         "two parts": "abc.def",
         "huge": "a." + "b" * 10000 + ".c",
@@ -94,6 +111,8 @@ ATTACKS = [
     "alg none", "alg None", "hs256 with public key", "tampered payload", "stripped signature",
     "expired", "nbf in future", "no exp", "no aud", "no jti", "no iat", "no nbf", "wrong aud",
     "wrong iss", "unknown role", "scope not a string", "garbage", "two parts", "huge",
+    "no uid", "uid not a string", "uid too short", "uid with a line break",
+    "legacy claim a number", "legacy claim a string",
 ]  # fmt: skip
 
 

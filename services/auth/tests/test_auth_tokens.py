@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -58,13 +59,41 @@ def test_password_grant_returns_an_rs256_token_with_every_claim(
     published = json.loads(settings.common.jwks_path.read_text())["keys"]
     assert header["kid"] == published[0]["kid"]
     claims = _verify(settings, body["access_token"])
-    assert set(claims) == {"iss", "aud", "sub", "role", "scope", "iat", "nbf", "exp", "jti"}
+    assert set(claims) == {"iss", "aud", "sub", "role", "scope", "iat", "nbf", "exp", "jti", "uid"}
     assert claims["sub"] == "admin"
     assert claims["role"] == "admin"
     assert claims["scope"].split() == list(ADMIN_SCOPES) == body["scope"].split()
     assert claims["exp"] - claims["iat"] == 900
     assert claims["nbf"] == claims["iat"]
     assert abs(claims["iat"] - time.time()) < 5
+
+
+def test_a_re_created_user_name_gets_a_new_user_id_and_no_legacy_keys(
+    client: TestClient, settings: AuthSettings, make_user: Any, admin_token: str
+) -> None:
+    """The ``uid`` claim is the user's immutable random id: a user deleted and created
+    again under the same name gets another one, and only users that existed before ids
+    (marked by the migration) carry ``legacy_owner_keys``."""
+    make_user("alice")
+    first = _verify(settings, login(client, "alice", USER_PASSWORD).json()["access_token"])
+    again = _verify(settings, login(client, "alice", USER_PASSWORD).json()["access_token"])
+    assert first["uid"] == again["uid"]
+    assert re.fullmatch(r"[0-9a-f]{32}", first["uid"])
+    assert "legacy_owner_keys" not in first
+    assert client.delete("/auth/users/alice", headers=bearer(admin_token)).status_code == 204
+    make_user("alice")
+    second = _verify(settings, login(client, "alice", USER_PASSWORD).json()["access_token"])
+    assert second["sub"] == "alice" and second["uid"] != first["uid"]
+    assert "legacy_owner_keys" not in second
+    # A user the migration found (legacy_owner_keys set in the database) carries the claim,
+    # on the password grant and on refresh.
+    engine = client.app.state.auth_service.engine  # type: ignore[attr-defined]
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE users SET legacy_owner_keys = true WHERE username = 'admin'"))
+    tokens = login(client, "admin", ADMIN_PASSWORD).json()
+    assert _verify(settings, tokens["access_token"])["legacy_owner_keys"] is True
+    refreshed = client.post("/auth/refresh", json={"refresh_token": tokens["refresh_token"]})
+    assert _verify(settings, refreshed.json()["access_token"])["legacy_owner_keys"] is True
 
 
 def test_seed_alias_token_behaves_like_auth_token(client: TestClient) -> None:

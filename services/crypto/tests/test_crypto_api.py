@@ -11,9 +11,17 @@ from typing import Any
 
 import httpx
 import pytest
+from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from modelgate_common import write_private
+from modelgate_common.testing import default_uid
 from modelgate_crypto.config import CryptoSettings
-from modelgate_crypto.fernet_keyring import add_key, load_keyring, retire_key
+from modelgate_crypto.fernet_keyring import (
+    LEGACY_HKDF_INFO_PREFIX,
+    add_key,
+    derive_owner_key,
+    load_keyring,
+    retire_key,
+)
 from modelgate_crypto.main import create_app
 from modelgate_crypto.schemas import MAX_TTL_SECONDS, DecryptRequest
 
@@ -101,6 +109,67 @@ async def test_the_same_subject_decrypts_with_any_of_its_tokens(
     assert response.json() == {"plaintext": "kept"}
 
 
+async def test_a_re_created_user_name_does_not_decrypt_the_old_owners_data(
+    client: httpx.AsyncClient, auth: Auth, audit_log: Any
+) -> None:
+    """alice is deleted and a new alice created: the new one has another ``uid`` and gets
+    the same 400 for the old alice's ciphertext as any other user."""
+    old_alice = auth("alice", uid="a1" * 16)
+    ciphertext = await encrypt(client, old_alice, "the first alice's secret")
+    new_alice = auth("alice", uid="b2" * 16)
+    response = await decrypt(client, new_alice, ciphertext)
+    assert response.status_code == 400 and response.json() == FAILED
+    rotated = await client.post(
+        "/crypto/rotate", json={"ciphertext": ciphertext}, headers=new_alice
+    )
+    assert rotated.status_code == 400 and rotated.json() == FAILED
+    assert (await decrypt(client, old_alice, ciphertext)).json() == {
+        "plaintext": "the first alice's secret"
+    }
+    failures = [e for e in audit_log.lines() if e.get("audit") == "crypto.decryption_failed"]
+    assert [(e["user"], e["uid"], e["reason"]) for e in failures] == [
+        ("alice", "b2" * 16, "not_authentic"),
+        ("alice", "b2" * 16, "not_authentic"),
+    ]
+
+
+async def test_name_key_ciphertexts_decrypt_only_for_a_legacy_owner(
+    client: httpx.AsyncClient, auth: Auth, keyring_path: Path
+) -> None:
+    """A ciphertext made before user ids (under the key derived from the user name) keeps
+    decrypting for that user, whose tokens carry ``legacy_owner_keys``; a user created
+    later under the same name (no such claim) gets the 400. ``rotate`` moves the old
+    ciphertext onto the id key."""
+    keyring = load_keyring(keyring_path)
+    legacy_key = MultiFernet(
+        Fernet(derive_owner_key(k.material, "alice", LEGACY_HKDF_INFO_PREFIX)) for k in keyring.keys
+    )
+    old = legacy_key.encrypt(b"made before ids").decode()
+    legacy_alice = auth("alice", uid="c3" * 16, legacy_owner_keys=True)
+    assert (await decrypt(client, legacy_alice, old)).json() == {"plaintext": "made before ids"}
+    for newcomer in (
+        auth("alice", uid="d4" * 16),
+        auth("alice", uid="d4" * 16, legacy_owner_keys=False),
+    ):
+        response = await decrypt(client, newcomer, old)
+        assert response.status_code == 400 and response.json() == FAILED
+    # Another legacy user's name keys are not alice's.
+    response = await decrypt(client, auth("bob", uid="e5" * 16, legacy_owner_keys=True), old)
+    assert response.status_code == 400
+    # New data of the legacy user is bound to the id, not to the name.
+    fresh = await encrypt(client, legacy_alice, "made after")
+    with pytest.raises(InvalidToken):
+        legacy_key.decrypt(fresh.encode())
+    assert (await decrypt(client, auth("alice", uid="c3" * 16), fresh)).status_code == 200
+    moved = await client.post("/crypto/rotate", json={"ciphertext": old}, headers=legacy_alice)
+    assert moved.status_code == 200
+    id_only = auth("alice", uid="c3" * 16)  # the same user, without the name keys
+    assert (await decrypt(client, id_only, moved.json()["ciphertext"])).json() == {
+        "plaintext": "made before ids"
+    }
+    assert (await decrypt(client, id_only, old)).status_code == 400
+
+
 def _flip(ciphertext: str, index: int) -> str:
     raw = bytearray(base64.urlsafe_b64decode(ciphertext))
     raw[index] ^= 0x01
@@ -156,13 +225,21 @@ async def test_expired_ttl_fails(
 ) -> None:
     # A ciphertext made an hour ago, with the service's own keys for alice.
     keyring = load_keyring(keyring_path)
-    old = keyring.for_owner("alice").encrypt_at_time(b"old", int(time.time()) - 3600).decode()
+    old = (
+        keyring.for_owner(default_uid("alice"))
+        .encrypt_at_time(b"old", int(time.time()) - 3600)
+        .decode()
+    )
     alice = auth("alice")
     assert (await decrypt(client, alice, old, ttl=7200)).json() == {"plaintext": "old"}
     response = await decrypt(client, alice, old, ttl=60)
     assert response.status_code == 400 and response.json() == FAILED
     assert (await decrypt(client, alice, old)).json() == {"plaintext": "old"}
-    future = keyring.for_owner("alice").encrypt_at_time(b"f", int(time.time()) + 3600).decode()
+    future = (
+        keyring.for_owner(default_uid("alice"))
+        .encrypt_at_time(b"f", int(time.time()) + 3600)
+        .decode()
+    )
     response = await decrypt(client, alice, future, ttl=60)
     assert response.status_code == 400
     reasons = [e["reason"] for e in audit_log.lines() if e.get("audit")]
@@ -256,8 +333,8 @@ async def test_configured_plaintext_limit(
         big = await client.post("/crypto/encrypt", json={"plaintext": "01234567890"}, headers=alice)
         assert big.status_code == 422
         # An authentic ciphertext longer than any this configuration issues is refused by shape.
-        keyring = load_keyring(keyring_path)
-        longer = keyring.for_owner("alice").encrypt(b"x" * 16).decode()
+        alice_keys = load_keyring(keyring_path).for_owner(default_uid("alice"))
+        longer = alice_keys.encrypt(b"x" * 16).decode()
         response = await decrypt(client, alice, longer)
         assert response.status_code == 400 and response.json() == FAILED
     [event] = audit_log.lines()
@@ -330,7 +407,11 @@ async def test_rotate_keeps_the_original_timestamp(
     client: httpx.AsyncClient, auth: Auth, keyring_path: Path
 ) -> None:
     keyring = load_keyring(keyring_path)
-    old = keyring.for_owner("alice").encrypt_at_time(b"aged", int(time.time()) - 3600).decode()
+    old = (
+        keyring.for_owner(default_uid("alice"))
+        .encrypt_at_time(b"aged", int(time.time()) - 3600)
+        .decode()
+    )
     add_key(keyring_path)
     alice = auth("alice")
     response = await client.post("/crypto/rotate", json={"ciphertext": old}, headers=alice)

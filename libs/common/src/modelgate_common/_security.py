@@ -33,7 +33,13 @@ from ._settings import CommonSettings
 log = logging.getLogger("modelgate.security")
 
 ALGORITHM = "RS256"
-REQUIRED_CLAIMS = ("iss", "aud", "sub", "role", "scope", "iat", "nbf", "exp", "jti")
+REQUIRED_CLAIMS = ("iss", "aud", "sub", "role", "scope", "iat", "nbf", "exp", "jti", "uid")
+# ``uid``: the token owner's immutable random id, never reused (a user name can be deleted
+# and created again). Per-owner state that must not pass to a later holder of the same
+# name (encryption keys) is bound to it. ``legacy_owner_keys`` (optional, only ever
+# ``true``) marks a user who existed before ids did: the crypto service also accepts that
+# user's ciphertexts made under keys derived from the user name.
+_UID = re.compile(r"[A-Za-z0-9_-]{16,64}")
 # "client": a service account (OAuth2 client_credentials), never a user's role.
 ROLES = ("admin", "analyst", "user", "client")
 USER_SCOPES = ("models:read", "models:predict", "crypto:encrypt", "crypto:decrypt")
@@ -75,6 +81,8 @@ class Principal:
     token_id: str
     issued_at: int
     expires_at: int
+    user_id: str
+    legacy_owner_keys: bool = False
 
     @property
     def is_admin(self) -> bool:
@@ -262,6 +270,10 @@ def _principal_from_claims(claims: dict[str, Any]) -> Principal:
         raise Unauthorized("token claims are invalid")
     if not all(isinstance(claims.get(c), str) for c in ("sub", "jti")):
         raise Unauthorized("token claims are invalid")
+    uid, legacy = claims.get("uid"), claims.get("legacy_owner_keys", False)
+    # A JSON boolean only (1 == True in Python); an id of the agreed shape only.
+    if not isinstance(uid, str) or not _UID.fullmatch(uid) or type(legacy) is not bool:
+        raise Unauthorized("token claims are invalid")
     # Whole numbers only: the library would also take "0" or true for a time.
     if not all(type(claims.get(c)) is int for c in ("iat", "nbf", "exp")):
         raise Unauthorized("token claims are invalid")
@@ -272,6 +284,8 @@ def _principal_from_claims(claims: dict[str, Any]) -> Principal:
         token_id=claims["jti"],
         issued_at=claims["iat"],
         expires_at=claims["exp"],
+        user_id=uid,
+        legacy_owner_keys=legacy,
     )
 
 

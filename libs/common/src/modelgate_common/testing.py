@@ -3,6 +3,7 @@ its JWKS file, and tokens minted with any claims (including broken ones)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 import uuid
@@ -26,6 +27,12 @@ GENEROUS_LIMITS = RateLimitSettings(
     predict_rows_per_day=1_000_000_000,
     crypto="100000/minute",
 )
+
+
+def default_uid(sub: str) -> str:
+    """The ``uid`` a minted token carries unless told otherwise: one per subject name
+    across mints (pass ``uid=`` to mint for a re-created user of the same name)."""
+    return hashlib.sha256(sub.encode("utf-8")).hexdigest()[:32]
 
 
 class TokenFactory:
@@ -71,6 +78,7 @@ class TokenFactory:
             "nbf": now,
             "exp": now + 900,
             "jti": uuid.uuid4().hex,
+            "uid": default_uid(sub),
         }
         claims.update(overrides)
         return {k: v for k, v in claims.items() if v is not None}

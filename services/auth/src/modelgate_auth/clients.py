@@ -45,6 +45,12 @@ def client_subject(client_id: str) -> str:
     return f"client:{client_id}"
 
 
+def client_uid(client_id: str) -> str:
+    """The ``uid`` claim of a client's tokens: its client id (random, never reused) in a
+    form no user id takes (those are 32 hex digits)."""
+    return f"client-{client_id}"
+
+
 class ClientAuthFailed(Unauthorized):
     def __init__(self) -> None:
         # One answer for an unknown client, a wrong secret and a disabled client.
@@ -243,11 +249,12 @@ class ClientService:
             raise InvalidScope("invalid scope: more than the client was given")
         granted = " ".join(s for s in allowed if not wanted or s in wanted)
         subject = client_subject(current.client_id)
+        uid = client_uid(current.client_id)
         access, jti, _ = self.auth.access_token(
-            subject, CLIENT_ROLE, granted, current.revoked_before
+            subject, CLIENT_ROLE, granted, current.revoked_before, uid
         )
         audit(
             "client_token", client_id=current.client_id, client_ip=client_ip, jti=jti, scope=granted
         )
         LOGINS.labels("client_success").inc()
-        return TokenPair(access, None, self.auth.access_ttl, granted, subject, jti)
+        return TokenPair(access, None, self.auth.access_ttl, granted, subject, jti, uid)

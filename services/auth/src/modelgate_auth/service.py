@@ -84,6 +84,7 @@ class TokenPair:
     scope: str
     subject: str
     jti: str
+    user_id: str
 
 
 @dataclass(slots=True)
@@ -221,10 +222,17 @@ class AuthService:
         )
 
     def access_token(
-        self, subject: str, role: str, scope: str, revoked_before: int
+        self,
+        subject: str,
+        role: str,
+        scope: str,
+        revoked_before: int,
+        uid: str,
+        legacy_owner_keys: bool = False,
     ) -> tuple[str, str, int]:
         """A signed access token of ``subject``: (token, jti, expires_at). Every access
-        token, a user's or a client's, is made here with the same claims."""
+        token, a user's or a client's, is made here with the same claims. ``uid`` is the
+        owner's immutable id, never reused (what per-owner keys are bound to)."""
         issued_at = int(time.time())
         if issued_at <= revoked_before:
             # The subject's tokens were revoked within this second: a token issued now
@@ -244,7 +252,10 @@ class AuthService:
             "nbf": issued_at,
             "exp": expires_at,
             "jti": jti,
+            "uid": uid,
         }
+        if legacy_owner_keys:
+            claims["legacy_owner_keys"] = True
         kid, key = self.signer.current()
         return jwt.encode(claims, key, algorithm=ALGORITHM, headers={"kid": kid}), jti, expires_at
 
@@ -252,7 +263,7 @@ class AuthService:
         self, session: Session, user: User, family_id: str, scope: str, now: int
     ) -> TokenPair:
         access, jti, expires_at = self.access_token(
-            user.username, user.role, scope, user.revoked_before
+            user.username, user.role, scope, user.revoked_before, user.uid, user.legacy_owner_keys
         )
         refresh = secrets.token_urlsafe(32)
         session.add(
@@ -265,7 +276,7 @@ class AuthService:
                 expires_at=now + self.refresh_ttl,
             )
         )
-        return TokenPair(access, refresh, self.access_ttl, scope, user.username, jti)
+        return TokenPair(access, refresh, self.access_ttl, scope, user.username, jti, user.uid)
 
     def _revoke_family(
         self, session: Session, family: RefreshFamily, now: int, seen: set[str] | None = None
@@ -363,6 +374,12 @@ class AuthService:
         )
         audit("user_created", user=user.username, role=user.role, actor=actor)
         return user
+
+    def user_id_of(self, username: str) -> str | None:
+        """The immutable id of the user of that name, None when there is none."""
+        with self.sessions() as session:
+            user = self._user(session, username)
+            return user.uid if user is not None else None
 
     def get_user(self, username: str) -> User:
         with self.sessions() as session:

@@ -10,9 +10,17 @@ Keys are listed newest first; ``id`` grows by one at every rotation and is never
 The newest key encrypts; every key still listed decrypts (``MultiFernet``).
 
 A keyring key is never used as a Fernet key itself. The Fernet key for an owner is
-``HKDF-SHA256(ikm=keyring key, salt=none, info="modelgate/crypto/owner-fernet/v1" 0x00 subject)``,
-32 bytes (16 signing + 16 encryption), so a ciphertext made for one token subject does not
-authenticate under any other subject's key. The keyring is the root of trust: whoever can
+``HKDF-SHA256(ikm=keyring key, salt=none, info="modelgate/crypto/owner-fernet/v2" 0x00 uid)``,
+32 bytes (16 signing + 16 encryption), where ``uid`` is the token's ``uid`` claim: the
+user's immutable random id, never reused. A ciphertext made for one user does not
+authenticate under any other user's key, nor under the key of a later user who was given
+the same user name after the first was deleted.
+
+Users who existed before ids did made ciphertexts under keys derived from the user name
+(``info="modelgate/crypto/owner-fernet/v1" 0x00 subject``). Their tokens carry
+``legacy_owner_keys: true`` (set only for those users, never for a user created later), and
+for them those name keys are tried after the id keys, for decryption only: encryption and
+``rotate`` always write under the id key. The keyring is the root of trust: whoever can
 read the file can derive every owner's key.
 
 This module is shared by the crypto service (read and watch) and the ``modelgate keys``
@@ -45,7 +53,8 @@ from modelgate_common import private_file_problem, write_private
 FORMAT = 1
 KEYRING_FILENAME = "fernet_keyring.json"
 KEY_BYTES = 32
-HKDF_INFO_PREFIX = b"modelgate/crypto/owner-fernet/v1\x00"
+HKDF_INFO_PREFIX = b"modelgate/crypto/owner-fernet/v2\x00"  # + the owner's uid
+LEGACY_HKDF_INFO_PREFIX = b"modelgate/crypto/owner-fernet/v1\x00"  # + the user name
 _BASE64URL = re.compile(r"[A-Za-z0-9_-]+={0,2}")
 
 
@@ -78,9 +87,10 @@ def new_key(key_id: int) -> KeyringKey:
     return KeyringKey(id=key_id, created=_utc_now(), material=secrets.token_bytes(KEY_BYTES))
 
 
-def derive_owner_key(material: bytes, subject: str) -> bytes:
-    """The urlsafe-base64 Fernet key of ``subject`` under one keyring key."""
-    info = HKDF_INFO_PREFIX + subject.encode("utf-8", "surrogatepass")
+def derive_owner_key(material: bytes, owner: str, prefix: bytes = HKDF_INFO_PREFIX) -> bytes:
+    """The urlsafe-base64 Fernet key of ``owner`` (a uid; with ``LEGACY_HKDF_INFO_PREFIX``,
+    a user name) under one keyring key."""
+    info = prefix + owner.encode("utf-8", "surrogatepass")
     raw = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(material)
     return base64.urlsafe_b64encode(raw)
 
@@ -109,13 +119,20 @@ class Keyring:
     def ids(self) -> list[int]:
         return [k.id for k in self.keys]
 
-    def _derive_fernet(self, key_id: int, subject: str) -> Fernet:
+    def _derive_fernet(self, key_id: int, owner: str, prefix: bytes) -> Fernet:
         material = next(k.material for k in self.keys if k.id == key_id)
-        return Fernet(derive_owner_key(material, subject))
+        return Fernet(derive_owner_key(material, owner, prefix))
 
-    def for_owner(self, subject: str) -> MultiFernet:
-        """The owner's Fernet keys, newest first: encrypts with the newest, decrypts with any."""
-        return MultiFernet(self._owner_fernet(k.id, subject) for k in self.keys)
+    def for_owner(self, uid: str, legacy_name: str | None = None) -> MultiFernet:
+        """The owner's Fernet keys, newest first: encrypts with the newest id key, decrypts
+        with any; with ``legacy_name`` (only for a token with ``legacy_owner_keys``), the
+        keys derived from that user name decrypt too, after every id key."""
+        fernets = [self._owner_fernet(k.id, uid, HKDF_INFO_PREFIX) for k in self.keys]
+        if legacy_name is not None:
+            fernets += [
+                self._owner_fernet(k.id, legacy_name, LEGACY_HKDF_INFO_PREFIX) for k in self.keys
+            ]
+        return MultiFernet(fernets)
 
     def cache_info(self) -> Any:
         return self._owner_fernet.cache_info()

@@ -53,8 +53,9 @@ _DECRYPT_ERRORS = error_responses(400, 401, 403, 422, 429, 503)
 async def encrypt(
     body: EncryptRequest, principal: Encryptor, _: RateLimited, service: Service
 ) -> EncryptResponse:
-    """Encrypt text for the caller: only a token with the same subject can decrypt it."""
-    return EncryptResponse(ciphertext=service.encrypt(principal.subject, body.plaintext))
+    """Encrypt text for the caller: only a token of the same user (the same ``uid``, never
+    merely the same user name) can decrypt it."""
+    return EncryptResponse(ciphertext=service.encrypt(principal, body.plaintext))
 
 
 @router.post("/crypto/decrypt", responses=_DECRYPT_ERRORS)
@@ -62,7 +63,7 @@ async def decrypt(
     body: DecryptRequest, principal: Decryptor, _: RateLimited, service: Service
 ) -> DecryptResponse:
     """Decrypt the caller's ciphertext; any failure is 400 `decryption failed`."""
-    return DecryptResponse(plaintext=service.decrypt(principal.subject, body.ciphertext, body.ttl))
+    return DecryptResponse(plaintext=service.decrypt(principal, body.ciphertext, body.ttl))
 
 
 @router.post("/crypto/rotate", responses=_DECRYPT_ERRORS)
@@ -70,7 +71,7 @@ async def rotate(
     body: RotateRequest, principal: Rotator, _: RateLimited, service: Service
 ) -> RotateResponse:
     """Re-encrypt the caller's ciphertext under the newest key (needs both crypto scopes)."""
-    return RotateResponse(ciphertext=service.rotate(principal.subject, body.ciphertext))
+    return RotateResponse(ciphertext=service.rotate(principal, body.ciphertext))
 
 
 # The seed tutorial's paths and bodies, kept so its clients keep working.

@@ -1,8 +1,9 @@
 """Encrypt, decrypt and rotate for one owner: plain logic, no HTTP.
 
-Owner binding: every operation uses the Fernet keys derived for the caller's token
-subject (see ``fernet_keyring``). Nobody, an admin included, can decrypt another
-subject's ciphertext through the API; see the package docstring for why.
+Owner binding: every operation uses the Fernet keys derived for the caller's user id (the
+token's ``uid`` claim, see ``fernet_keyring``), never for the user name alone. Nobody, an
+admin included, can decrypt another user's ciphertext through the API; see the package
+docstring for why.
 
 Cost: Fernet work on the largest plaintext (64 KiB) takes about 0.2 ms to encrypt and
 0.3 ms to decrypt on one core. ``cryptography`` holds the GIL while it works, so a
@@ -17,7 +18,13 @@ import time
 from typing import NoReturn
 
 from cryptography.fernet import InvalidToken, MultiFernet
-from modelgate_common import DECRYPTION_FAILURES, ServiceError, ServiceUnavailable, audit
+from modelgate_common import (
+    DECRYPTION_FAILURES,
+    Principal,
+    ServiceError,
+    ServiceUnavailable,
+    audit,
+)
 
 from .config import CryptoSettings
 from .fernet_keyring import Keyring, KeyringWatcher
@@ -50,10 +57,11 @@ class CryptoService:
             raise ServiceUnavailable("encryption keys are not available")
         return keyring
 
-    def _owner(self, subject: str) -> MultiFernet:
-        return self._keyring().for_owner(subject)
+    def _owner(self, owner: Principal) -> MultiFernet:
+        legacy_name = owner.subject if owner.legacy_owner_keys else None
+        return self._keyring().for_owner(owner.user_id, legacy_name)
 
-    def encrypt(self, subject: str, plaintext: str) -> str:
+    def encrypt(self, owner: Principal, plaintext: str) -> str:
         """Empty plaintext is allowed: it is a value like any other and round-trips to ``""``."""
         try:
             data = plaintext.encode("utf-8")
@@ -63,33 +71,34 @@ class CryptoService:
             raise PlaintextRejected(
                 f"plaintext is longer than {self.max_plaintext_bytes} UTF-8 bytes"
             )
-        return self._owner(subject).encrypt(data).decode("ascii")
+        return self._owner(owner).encrypt(data).decode("ascii")
 
-    def decrypt(self, subject: str, ciphertext: str, ttl: int | None = None) -> str:
-        self._check_shape(subject, ciphertext, "decrypt")
-        fernet = self._owner(subject)
+    def decrypt(self, owner: Principal, ciphertext: str, ttl: int | None = None) -> str:
+        self._check_shape(owner, ciphertext, "decrypt")
+        fernet = self._owner(owner)
         try:
             data = fernet.decrypt(ciphertext, ttl)
         except InvalidToken:
-            self._fail(subject, "decrypt", self._classify(fernet, ciphertext, ttl))
+            self._fail(owner, "decrypt", self._classify(fernet, ciphertext, ttl))
         try:
             return data.decode("utf-8")
         except UnicodeDecodeError:  # authentic but not made by encrypt(): a forged key?
-            self._fail(subject, "decrypt", "not_utf8")
+            self._fail(owner, "decrypt", "not_utf8")
 
-    def rotate(self, subject: str, ciphertext: str) -> str:
-        """The same plaintext, under the newest key; the token keeps its original timestamp,
-        so a ``ttl`` still counts from the first encryption."""
-        self._check_shape(subject, ciphertext, "rotate")
+    def rotate(self, owner: Principal, ciphertext: str) -> str:
+        """The same plaintext, under the newest id key (a legacy name-key ciphertext moves
+        to the id key); the token keeps its original timestamp, so a ``ttl`` still counts
+        from the first encryption."""
+        self._check_shape(owner, ciphertext, "rotate")
         try:
-            return self._owner(subject).rotate(ciphertext).decode("ascii")
+            return self._owner(owner).rotate(ciphertext).decode("ascii")
         except InvalidToken:
-            self._fail(subject, "rotate", "not_authentic")
+            self._fail(owner, "rotate", "not_authentic")
 
-    def _check_shape(self, subject: str, ciphertext: str, operation: str) -> None:
+    def _check_shape(self, owner: Principal, ciphertext: str, operation: str) -> None:
         shape = malformed_reason(ciphertext, self.max_ciphertext_chars)
         if shape is not None:
-            self._fail(subject, operation, "malformed", shape=shape)
+            self._fail(owner, operation, "malformed", shape=shape)
 
     @staticmethod
     def _classify(fernet: MultiFernet, ciphertext: str, ttl: int | None) -> str:
@@ -113,10 +122,15 @@ class CryptoService:
         return "not_authentic"
 
     @staticmethod
-    def _fail(subject: str, operation: str, reason: str, **fields: str) -> NoReturn:
+    def _fail(owner: Principal, operation: str, reason: str, **fields: str) -> NoReturn:
         # Identifiers only: the plaintext and ciphertext never reach a log line.
         DECRYPTION_FAILURES.labels(reason).inc()
         audit(
-            "crypto.decryption_failed", user=subject, operation=operation, reason=reason, **fields
+            "crypto.decryption_failed",
+            user=owner.subject,
+            uid=owner.user_id,
+            operation=operation,
+            reason=reason,
+            **fields,
         )
         raise DecryptionFailed()
