@@ -119,6 +119,10 @@ test: venv sslyze-venv test-deps docs-ui ## Every test: unit, then integration/s
 	$(PYTEST) -m "not stack"
 	@deploy/with-stack.sh $(PYTEST) -m "stack and not compose and not swarm"
 
+.PHONY: test-trixie
+test-trixie: venv ## The unit suite on Debian trixie's Python 3.13, then make up/down under a PID 1 that never reaps (docker)
+	@deploy/ci/test-trixie.sh
+
 .PHONY: test-compose
 test-compose: venv sslyze-venv ## The integration and security suites against the compose stack (builds, starts, tears down)
 	@deploy/compose/test-compose.sh
