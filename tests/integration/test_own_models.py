@@ -323,6 +323,10 @@ def test_own_model_serves_what_it_predicts(
         assert {i["name"]: i["datatype"] for i in meta["inputs"]} == {
             f: "BYTES" if f in kind.strings else "FP64" for f in kind.columns[:-1]
         }
+        for tensor in meta["inputs"]:
+            if tensor["name"] in kind.strings:
+                categories = tensor["parameters"]["categories"].split(",")
+                assert categories == kind.strings[tensor["name"]]
 
     _refusals(client, tokens, kind)
 

@@ -221,12 +221,20 @@ async def test_metadata_describes_each_kind(client: httpx.AsyncClient, auth: Any
     assert colour["unknown_categories"] == "refused"
     assert shop["input_schema"]["features"][1]["unknown_categories"] == "accepted"
     meta = (await client.get("/v2/models/shop", headers=auth())).json()
-    assert meta["inputs"] == [
-        {"name": "colour", "datatype": "BYTES", "shape": [-1]},
-        {"name": "size", "datatype": "BYTES", "shape": [-1]},
-        {"name": "weight", "datatype": "FP64", "shape": [-1]},
-        {"name": "age", "datatype": "FP64", "shape": [-1]},
+    assert [(i["name"], i["datatype"], i["shape"]) for i in meta["inputs"]] == [
+        ("colour", "BYTES", [-1]),
+        ("size", "BYTES", [-1]),
+        ("weight", "FP64", [-1]),
+        ("age", "FP64", [-1]),
     ]
+    assert meta["inputs"][0]["parameters"] == {
+        "type": "string",
+        "categories": "blue,green,red",
+        "unknown_categories": "refused",
+    }
+    assert meta["inputs"][1]["parameters"]["unknown_categories"] == "accepted"
+    weight = meta["inputs"][2]["parameters"]
+    assert weight["type"] == "float" and 0.0 <= weight["min"] < 1.0 < 50.0 < weight["max"]
     assert [o["name"] for o in meta["outputs"]] == ["label", "probabilities"]
     ridge = (await client.get("/v2/models/ridge", headers=auth())).json()
     assert ridge["parameters"]["task"] == "regression" and "classes" not in ridge["parameters"]

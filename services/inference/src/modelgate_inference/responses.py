@@ -100,6 +100,11 @@ class TensorMetadata(_Doc):
     name: str
     datatype: str
     shape: list[int]
+    parameters: dict[str, str | float] | None = Field(
+        None,
+        description="per-feature inputs: type, min and max (numbers) or categories "
+        "(comma-separated) and unknown_categories (strings)",
+    )
 
 
 class ModelMetadataOut(_Doc):

@@ -345,10 +345,19 @@ async def server_ready(request: Request) -> Json:
 def _v2_metadata(model: LoadedModel) -> dict[str, Any]:
     schema = model.schema
     n_features = len(schema.features)
-    if schema.tabular:  # one tensor per feature, BYTES for strings
+    if schema.tabular:  # one tensor per feature, BYTES for strings, described in parameters
         inputs = [
-            {"name": name, "datatype": "FP64" if cats is None else "BYTES", "shape": [-1]}
-            for name, cats in zip(schema.features, schema.categories, strict=True)
+            {
+                "name": feature["name"],
+                "datatype": "BYTES" if feature["type"] == "string" else "FP64",
+                "shape": [-1],
+                "parameters": {
+                    key: ",".join(value) if isinstance(value, list) else value
+                    for key, value in feature.items()
+                    if key != "name"
+                },
+            }
+            for feature in schema.describe()
         ]
     else:
         inputs = [{"name": INPUT_TENSOR, "datatype": "FP64", "shape": [-1, n_features]}]
