@@ -47,7 +47,7 @@ def test_metrics_count_logins_auth_failures_predictions_and_decryptions(
         "rows": metric("inference", 'modelgate_predictions_total{model="iris"'),
         "decrypt": metric("crypto", "modelgate_decryption_failures_total"),
     }
-    assert login_response(user["username"], "not-the-password-at-all").status_code == 401
+    assert login_response(user["username"], "not-the-password-at-all").status_code == 400
     token = login(user["username"], user["password"])["access_token"]
     assert client.get("/v1/models", headers=bearer("not.a.token")).status_code == 401
     rows = client.post(
@@ -86,7 +86,7 @@ def test_audit_trail_records_each_event_and_no_secret(
 ) -> None:
     since = time.time()
     user = make_user()
-    assert login_response(user["username"], "wrong-password-123").status_code == 401
+    assert login_response(user["username"], "wrong-password-123").status_code == 400
     tokens = login(user["username"], user["password"])
     access, refresh = tokens["access_token"], tokens["refresh_token"]
     assert (
