@@ -183,10 +183,6 @@ def client_credentials(request: Request, form: dict[str, str]) -> ClientCredenti
         secret = unquote(quoted_secret, errors="strict")
     except ValueError:  # not base64 (not even ASCII), not ASCII decoded, a bad %-escape
         raise invalid_client("malformed Basic credentials", basic=True) from None
-    if colon and not client_id and not secret:
-        # An empty id and secret (``Basic Og==``, what Swagger UI's password flow sends when
-        # its client fields are left empty) count as absent, like empty form parameters.
-        return _from_body(form)
     if not colon or not client_id:
         raise invalid_client("malformed Basic credentials", basic=True)
     if "client_id" in form and form["client_id"] != client_id:
