@@ -9,7 +9,7 @@ endpoint shape and the rows/s of the batch endpoint.
 
 Needs a Redis without ACL users at MG_REDIS_URL (the stack's own lets in only its
 services); builds the demo models in a temporary folder.
-BENCH_NO_LIMITS=1 leaves out the rate-limit checks; BENCH_N sets the request count;
+BENCH_N sets the request count;
 BENCH_LOGS=1 keeps the service's log lines (access and audit, as a worker writes them:
 stderr goes to a file in the temporary folder) instead of switching logging off.
 """
@@ -85,7 +85,6 @@ def run() -> None:
     from modelgate_inference.builder import build_demo
     from modelgate_inference.config import InferenceSettings
     from modelgate_inference.main import create_app
-    from modelgate_inference.service import OpenGate
     from modelgate_inference.store import ensure_signing_key
 
     tmp = Path(tempfile.mkdtemp(prefix="mg-bench-"))
@@ -105,9 +104,7 @@ def run() -> None:
     settings = InferenceSettings(
         common=common, model_store=tmp / "store", redis_namespace="bench:inference"
     )
-    # BENCH_NO_LIMITS=1: without the rate-limit checks, to see the service's own share.
-    gate = OpenGate() if os.environ.get("BENCH_NO_LIMITS") else None
-    app = create_app(settings, prediction_gate=gate)
+    app = create_app(settings)
     headers = [
         (b"authorization", f"Bearer {tokens.mint()}".encode()),
         (b"content-type", b"application/json"),

@@ -1,6 +1,7 @@
-"""The shared rate limiter against a real Redis: exact counts across "workers" (two
-app instances with their own limiter and connection pool, as two gunicorn workers
-have), keys, headers, and the outage policy (the real Redis stopped and started)."""
+"""Admission against a real Redis: exact counts across "workers" (two app instances
+with their own admission and connection pool, as two gunicorn workers have), keys,
+headers, the sliding window's semantics in Redis and per worker, and the outage
+policy (the real Redis stopped and started)."""
 
 from __future__ import annotations
 
@@ -14,23 +15,22 @@ from typing import Annotated, Any
 import httpx
 import pytest
 import redis.asyncio as aioredis
-from fastapi import APIRouter, Depends, FastAPI, Form, Security
+from fastapi import APIRouter, Depends, FastAPI, Form, Request
 from fastapi.responses import JSONResponse
-from limits.aio.storage import RedisStorage
-from limits.aio.strategies import SlidingWindowCounterRateLimiter
 from modelgate_common import (
+    POLICIES,
+    Admission,
     CommonSettings,
+    LocalWindows,
     Principal,
     RateLimitSettings,
-    RowsQuota,
     Unauthorized,
-    authenticate,
+    admitted,
     create_service_app,
-    login_rate_limit,
-    rate_limit,
     shared_resources,
+    sign_in_limit,
+    sliding_window_times,
 )
-from modelgate_common._ratelimit import SharedRateLimiter, _sliding_window_times
 from modelgate_common.testing import TokenFactory
 from prometheus_client import REGISTRY
 from pydantic import ValidationError
@@ -46,7 +46,7 @@ def anyio_backend() -> str:
 
 
 # Module level: annotations are resolved from the module's globals.
-PredictQuota = Annotated[RowsQuota, Depends(rate_limit("predict", scopes=["models:predict"]))]
+Predictor = Annotated[Principal, Depends(admitted("predict", scopes=["models:predict"]))]
 
 
 class Checks:
@@ -60,7 +60,7 @@ class Checks:
 def build(settings: CommonSettings, checks: Checks) -> FastAPI:
     router = APIRouter()
 
-    @router.post("/auth/token", dependencies=[Depends(login_rate_limit)])
+    @router.post("/auth/token", dependencies=[Depends(sign_in_limit)])
     async def token(
         username: Annotated[str, Form()], password: Annotated[str, Form()]
     ) -> JSONResponse:
@@ -72,16 +72,13 @@ def build(settings: CommonSettings, checks: Checks) -> FastAPI:
         return JSONResponse({"access_token": f"token-for-{username}"})
 
     @router.post("/predict")
-    async def predict(
-        rows: int,
-        principal: Annotated[Principal, Security(authenticate, scopes=["models:predict"])],
-        quota: PredictQuota,
-    ) -> dict[str, Any]:
-        await quota.charge(rows)
+    async def predict(request: Request, rows: int, principal: Predictor) -> dict[str, Any]:
+        admission: Admission = request.app.state.admission
+        await admission.admit("predict_rows", principal.subject, cost=rows, role=principal.role)
         checks.predictions += rows
         return {"sub": principal.subject, "rows": rows}
 
-    @router.post("/crypto/encrypt", dependencies=[Depends(rate_limit("crypto"))])
+    @router.post("/crypto/encrypt", dependencies=[Depends(admitted("crypto"))])
     async def encrypt() -> dict[str, str]:
         return {"ciphertext": "x"}
 
@@ -233,11 +230,11 @@ async def test_subject_limit_is_exact_across_workers(stack: Stack) -> None:
     assert admin_statuses == [200] * 8 + [429]
 
 
-async def test_each_check_is_one_round_trip_on_limits_own_keys(
+async def test_each_check_is_one_round_trip_on_modelgates_own_keys(
     stack: Stack, redis_server: Any
 ) -> None:
-    """A prediction costs two Redis script calls (request limit, rows quota), and the
-    counts they write are the ones the ``limits`` library itself reads for that item."""
+    """A prediction here costs two Redis script calls (request limit, rows quota),
+    counted under keys named by service, policy, period and subject."""
     token = stack.factory.mint("olga", role="admin")
     client = aioredis.from_url(redis_server.url)
     try:
@@ -245,6 +242,8 @@ async def test_each_check_is_one_round_trip_on_limits_own_keys(
         await client.config_resetstat()
         response = await stack.predict(token, rows=7)
         stats = await client.info("commandstats")
+        requests = await client.get("mg:rl:inference:predict:60:cur:olga")
+        rows = await client.get("mg:rl:inference:predict_rows:86400:cur:olga")
     finally:
         await client.aclose()
     assert response.status_code == 200
@@ -252,22 +251,9 @@ async def test_each_check_is_one_round_trip_on_limits_own_keys(
     calls = {name: int(value["calls"]) for name, value in stats.items()}
     assert calls["cmdstat_evalsha"] == 2
     assert "cmdstat_eval" not in calls
-    limiter: SharedRateLimiter = stack.apps[0].state.ratelimiter
-    storage = RedisStorage(
-        "async+" + redis_server.url, implementation="redispy", key_prefix="mg:rl"
-    )
-    try:
-        reader = SlidingWindowCounterRateLimiter(storage)
-        requests = await reader.get_window_stats(
-            limiter.item("predict", "admin"), "predict", "olga"
-        )
-        rows = await reader.get_window_stats(
-            limiter.item("predict_rows", "admin"), "predict_rows", "olga"
-        )
-    finally:
-        await storage.bridge.get_connection().aclose()
-    assert requests.remaining == 6 == int(response.headers["ratelimit-remaining"])
-    assert rows.remaining == 88 == int(response.headers["x-quota-rows-remaining"])
+    assert (int(requests), int(rows)) == (2, 12)
+    assert response.headers["ratelimit-remaining"] == "6"
+    assert response.headers["x-quota-rows-remaining"] == "88"
 
 
 async def test_crypto_limit_and_token_required(stack: Stack) -> None:
@@ -383,7 +369,7 @@ async def test_dead_redis_before_first_request_is_not_a_500(
 def test_sliding_window_times(
     window: tuple[int, float, int, float], expected: tuple[int, float, float]
 ) -> None:
-    remaining, reset, retry = _sliding_window_times(10, 60, 1, *window)
+    remaining, reset, retry = sliding_window_times(10, 60, 1, *window)
     assert (remaining, reset, retry) == pytest.approx(expected)
 
 
@@ -412,3 +398,98 @@ def _no_leaked_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     for name in ("LOGIN", "PREDICT", "PREDICT_TIERS", "CRYPTO", "PREDICT_ROWS_PER_DAY"):
         monkeypatch.delenv(f"MG_RATELIMIT_{name}", raising=False)
     yield
+
+
+# -- the sliding window's semantics: the Redis script and the per-worker copy agree ------------
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+# Starting states as (previous count, previous ttl ms, current count, current ttl ms), away
+# from a weight boundary (Redis time moves between calls). The
+# current window's ttl counts down from two periods (120 s for 60 s).
+STATES = [
+    pytest.param((0, 0, 0, 0), id="empty"),
+    pytest.param((0, 0, 4, 100_000), id="current-only"),
+    pytest.param((10, 30_500, 0, 0), id="previous-half-gone"),
+    pytest.param((10, 54_500, 5, 114_000), id="both"),
+    # The current window has lived more than one period: the next call shifts it.
+    pytest.param((0, 0, 10, 59_000), id="shift"),
+]
+
+
+def _local_with(state: tuple[int, int, int, int], clock: FakeClock) -> LocalWindows:
+    windows = LocalWindows(clock)
+    now = int(clock.now * 1000)
+    previous, previous_ttl, current, current_ttl = state
+    windows._windows["k"] = [  # the per-worker store's own representation of the state
+        previous if previous_ttl else 0,
+        now + previous_ttl if previous_ttl else 0,
+        current if current_ttl else 0,
+        now + current_ttl if current_ttl else 0,
+    ]
+    return windows
+
+
+@pytest.mark.parametrize("state", STATES)
+async def test_redis_and_per_worker_windows_admit_alike(
+    stack: Stack, redis_server: Any, state: tuple[int, int, int, int]
+) -> None:
+    """From the same state, 12 requests of cost 1 against a limit of 10 a minute get the
+    same answers in Redis and in a worker's memory, and leave the same counts."""
+    admission: Admission = stack.apps[0].state.admission
+    limit = admission.limit("crypto")
+    previous_key, current_key = limit.keys("crypto", POLICIES["crypto"], "semantics")
+    client = aioredis.from_url(redis_server.url)
+    try:
+        await client.delete(previous_key, current_key)
+        previous, previous_ttl, current, current_ttl = state
+        if previous_ttl:
+            await client.set(previous_key, previous, px=previous_ttl)
+        if current_ttl:
+            await client.set(current_key, current, px=current_ttl)
+        script = client.register_script(_sliding_lua())
+        shared = []
+        for _ in range(12):
+            allowed, *_window = await script(keys=[previous_key, current_key], args=[10, 60_000, 1])
+            shared.append(bool(allowed))
+        counts = [int(await client.get(k) or 0) for k in (previous_key, current_key)]
+    finally:
+        await client.aclose()
+    clock = FakeClock()
+    local = _local_with(state, clock)
+    local_answers = [local.hit("k", 10, 60_000, 1)[0] for _ in range(12)]
+    assert local_answers == shared
+    window = local._windows["k"]
+    assert [window[0] if window[1] > clock.now * 1000 else 0, window[2]] == counts
+    assert shared.count(True) == {
+        "empty": 10, "current-only": 6, "previous-half-gone": 5, "both": 0, "shift": 1,
+    }[_state_id(state)]  # fmt: skip
+
+
+def _state_id(state: tuple[int, int, int, int]) -> str:
+    return next(str(p.id) for p in STATES if p.values[0] == state)
+
+
+def _sliding_lua() -> str:
+    from importlib.resources import files
+
+    package = files("modelgate_common")
+    return (package / "sliding_window.lua").read_text() + (package / "admit.lua").read_text()
+
+
+def test_per_worker_window_decays_and_shifts_with_time() -> None:
+    clock = FakeClock()
+    windows = LocalWindows(clock)
+    assert [windows.hit("k", 10, 60_000, 1)[0] for _ in range(11)] == [True] * 10 + [False]
+    clock.now += 61  # the window shifts: its 10 weigh 59/60 of 10 = 9
+    assert [windows.hit("k", 10, 60_000, 1)[0] for _ in range(2)] == [True, False]
+    clock.now += 30  # the previous window weighs floor(10 * 29/60) = 4, current 1
+    assert [windows.hit("k", 10, 60_000, 1)[0] for _ in range(6)] == [True] * 5 + [False]
+    clock.now += 200  # everything has aged out
+    assert windows.hit("k", 10, 60_000, 10)[0]
+    assert not windows.hit("k", 10, 60_000, 11)[0]  # a cost above the limit never fits

@@ -12,8 +12,9 @@ from fastapi.testclient import TestClient
 from modelgate_auth.config import AuthSettings
 from modelgate_auth.db import Revocation
 from modelgate_auth.main import build_service, create_app
+from modelgate_auth.revocation import PendingRevocation
 from modelgate_auth.schemas import UserUpdate
-from modelgate_common import revoked_jti_key
+from modelgate_common import REVOKED_INDEX, revoked_jti_key, revoked_subject_key
 
 
 def _sync(client: TestClient) -> int:
@@ -149,3 +150,76 @@ def test_a_deleted_revocation_key_is_restored_by_the_next_sync(
     assert _sync(client) >= 1
     assert redis_client.get(revoked_jti_key(jti)) == b"1"
     assert _me(client, access) == 401
+
+
+def test_an_older_subject_cutoff_never_replaces_a_newer_one(
+    client: TestClient, redis_client: redis.Redis
+) -> None:
+    """Two pushes can arrive in either order (two workers, the periodic re-push of every
+    row): the cut-off in Redis only ever moves forward."""
+    publisher = client.app.state.revocations  # type: ignore[attr-defined]
+    assert client.portal is not None
+    key = revoked_subject_key("alice")
+    now = int(time.time())
+    newer = PendingRevocation(key, str(now), now + 900)
+    older = PendingRevocation(key, str(now - 100), now + 800)
+    assert client.portal.call(publisher.push, [newer])
+    assert client.portal.call(publisher.push, [older])
+    assert redis_client.get(key) == str(now).encode()
+    assert 800 < redis_client.ttl(key) <= 900
+    later = PendingRevocation(key, str(now + 5), now + 905)
+    assert client.portal.call(publisher.push, [later])
+    assert redis_client.get(key) == str(now + 5).encode()
+
+
+def test_every_pushed_revocation_is_listed_in_the_index(
+    client: TestClient, user_tokens: dict[str, Any], redis_client: redis.Redis
+) -> None:
+    access = user_tokens["access_token"]
+    client.post("/auth/logout", headers=bearer(access))
+    jti = client.app.state.verifier._verified[access][0].token_id  # type: ignore[attr-defined]
+    score = redis_client.zscore(REVOKED_INDEX, f"{revoked_jti_key(jti)} 1")
+    assert score is not None and score > time.time()
+
+
+def _refresh_mirror(client: TestClient) -> None:
+    verifier = client.app.state.verifier  # type: ignore[attr-defined]
+    assert client.portal is not None
+    assert client.portal.call(verifier.refresh_mirror)
+
+
+def test_a_logged_out_token_stays_refused_while_redis_is_down(
+    client: TestClient, user_tokens: dict[str, Any], redis_server: Any
+) -> None:
+    access = user_tokens["access_token"]
+    assert client.post("/auth/logout", headers=bearer(access)).status_code == 204
+    _refresh_mirror(client)
+    redis_server.stop()
+    try:
+        # The lookup fails, then the breaker skips it: both answer from the mirror.
+        assert [_me(client, access) for _ in range(3)] == [401] * 3
+    finally:
+        redis_server.start()
+
+
+def test_tokens_of_a_disabled_user_or_from_before_a_password_change_stay_refused(
+    client: TestClient, admin_token: str, make_user: Any, redis_server: Any
+) -> None:
+    make_user("bob")
+    make_user("carol")
+    bob = login(client, "bob", USER_PASSWORD).json()["access_token"]
+    carol = login(client, "carol", USER_PASSWORD).json()["access_token"]
+    disabled = client.patch("/auth/users/bob", json={"disabled": True}, headers=bearer(admin_token))
+    assert disabled.status_code == 200, disabled.text
+    changed = client.patch(
+        "/auth/users/carol", json={"password": USER_PASSWORD + "-new"}, headers=bearer(admin_token)
+    )
+    assert changed.status_code == 200, changed.text
+    _refresh_mirror(client)
+    redis_server.stop()
+    try:
+        assert _me(client, bob) == 401
+        assert _me(client, carol) == 401
+        assert _me(client, admin_token) == 200  # unrevoked tokens: the fail-open policy
+    finally:
+        redis_server.start()

@@ -19,7 +19,12 @@ import pytest
 import redis.asyncio as aioredis
 from fastapi import FastAPI
 from inference_testdata import ROW
-from modelgate_common import RateLimitSettings, revoked_jti_key, revoked_subject_key
+from modelgate_common import (
+    REVOKED_INDEX,
+    RateLimitSettings,
+    revoked_jti_key,
+    revoked_subject_key,
+)
 from modelgate_common.testing import TokenFactory
 from modelgate_inference.config import InferenceSettings
 from modelgate_inference.main import create_app
@@ -272,3 +277,44 @@ async def test_redis_outage_counts_per_worker_and_follows_the_revocation_policy(
             assert refused.status_code == 401
             assert refused.json()["detail"] == "token cannot be checked now"
         redis_server.start()
+
+
+async def test_revoked_tokens_stay_refused_while_redis_is_down(
+    make_settings: Callable[..., InferenceSettings],
+    tokens: TokenFactory,
+    tmp_path: Path,
+    redis_server: Any,
+) -> None:
+    """Each worker keeps the live revocation set it last read from Redis and checks
+    against it when Redis cannot answer, under the fail-open policy too."""
+    async with workers(make_settings, tokens, tmp_path, redis_server.url) as pair:
+        name, other = subject(), subject()
+        logged_out_jti = uuid.uuid4().hex
+        logged_out = tokens.mint(name, jti=logged_out_jti)
+        cutoff = int(time.time())
+        before_cutoff = tokens.mint(other, iat=cutoff, nbf=cutoff)
+        after_cutoff = tokens.mint(other, iat=cutoff + 1, nbf=cutoff)
+        expires = cutoff + 600
+        client = aioredis.from_url(pair.redis_url)
+        try:
+            # What the auth service writes: each key and its member of the index.
+            for key, value in (
+                (revoked_jti_key(logged_out_jti), "1"),
+                (revoked_subject_key(other), str(cutoff)),
+            ):
+                await client.set(key, value, exat=expires)
+                await client.zadd(REVOKED_INDEX, {f"{key} {value}": expires})
+        finally:
+            await client.aclose()
+        for app in pair.apps:
+            assert await app.state.verifier.refresh_mirror()
+        redis_server.stop()
+        try:
+            for worker in (0, 1):
+                # The failing call, then the open breaker: both answer from the copy.
+                for _ in range(2):
+                    assert (await pair.post(logged_out, worker=worker)).status_code == 401
+                    assert (await pair.post(before_cutoff, worker=worker)).status_code == 401
+                assert (await pair.post(after_cutoff, worker=worker)).status_code == 200
+        finally:
+            redis_server.start()

@@ -9,11 +9,11 @@ from typing import Any
 
 from fastapi import APIRouter, FastAPI
 
+from ._admission import AdmissionHeadersMiddleware
 from ._errors import install_error_handlers
 from ._health import HealthChecks, health_router
 from ._metrics import metrics_router
 from ._middleware import BodySizeLimitMiddleware, RequestContextMiddleware
-from ._ratelimit import RateLimitHeadersMiddleware
 from ._settings import CommonSettings
 
 
@@ -42,7 +42,7 @@ def create_service_app(
     for router in routers:
         app.include_router(router)
     # Each add_middleware wraps the previous ones: the request id (added last) is outermost.
-    app.add_middleware(RateLimitHeadersMiddleware)
+    app.add_middleware(AdmissionHeadersMiddleware)
     app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(RequestContextMiddleware)
     return app

@@ -1,16 +1,19 @@
-"""What every service's lifespan opens: a Redis client, the token verifier and
-the rate limiter, with their readiness checks."""
+"""What every service's lifespan opens: a Redis client, the token verifier (and its
+copy of the revocation set) and the admission of the worker, with their readiness
+checks."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from ._admission import Admission
 from ._health import CheckResult, HealthChecks
-from ._ratelimit import SharedRateLimiter
 from ._redis import create_redis, redis_ok
 from ._security import TokenVerifier
 from ._settings import CommonSettings
@@ -27,16 +30,17 @@ async def shared_resources(app: FastAPI, settings: CommonSettings) -> AsyncItera
     except (OSError, ValueError) as exc:
         # Not fatal: readiness reports it and the key set is re-read on demand.
         log.error("cannot load JWKS", extra={"path": str(settings.jwks_path), "reason": str(exc)})
-    limiter = SharedRateLimiter(
+    admission = Admission(
         settings.ratelimit,
         settings.redis_url,
+        verifier,
         settings.redis_connect_timeout,
         settings.redis_socket_timeout,
         settings.redis_credentials(),
     )
     app.state.redis = redis
     app.state.verifier = verifier
-    app.state.ratelimiter = limiter
+    app.state.admission = admission
     checks: HealthChecks = app.state.health
 
     async def redis_check() -> CheckResult:
@@ -51,9 +55,13 @@ async def shared_resources(app: FastAPI, settings: CommonSettings) -> AsyncItera
 
     checks.add("redis", redis_check)
     checks.add("token_keys", keys_check)
-    checks.add("rate_limits", limiter.health)
+    checks.add("rate_limits", admission.health)
+    mirror = asyncio.create_task(verifier.keep_mirror())
     try:
         yield
     finally:
-        await limiter.aclose()
+        mirror.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await mirror
+        await admission.aclose()
         await redis.aclose()

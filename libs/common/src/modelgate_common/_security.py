@@ -7,6 +7,7 @@ required; revocation is checked in Redis.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -14,9 +15,9 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal, cast
 
 import redis.asyncio as aioredis
 from fastapi import Depends, Request
@@ -64,17 +65,30 @@ _KID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _MAX_TOKEN_LENGTH = 4096
 
 
+REVOKED_JTI_PREFIX = "mg:revoked:jti:"
+REVOKED_SUBJECT_PREFIX = "mg:revoked:sub:"
+# Every live revocation key, scored by its expiry (written with the keys by the auth
+# service): what a worker copies to keep checking revocations through a Redis outage.
+REVOKED_INDEX = "mg:revoked:index"
+
+
 def revoked_jti_key(jti: str) -> str:
-    return f"mg:revoked:jti:{jti}"
+    return REVOKED_JTI_PREFIX + jti
 
 
 def revoked_subject_key(subject: str) -> str:
     """Holds a time: tokens of this subject issued at or before it are revoked."""
-    return f"mg:revoked:sub:{subject}"
+    return REVOKED_SUBJECT_PREFIX + subject
 
 
 @dataclass(frozen=True, slots=True)
 class Principal:
+    """A verified access token. ``revocation`` says how its revocation was checked:
+    ``redis`` (the shared revocation set does not list it), ``worker copy`` (Redis
+    could not answer; this worker's last copy of that set does not list it, and the
+    outage policy accepts it) or ``pending`` (only in ``Admission.prediction``, which
+    looks it up with the prediction's limits before the model runs)."""
+
     subject: str
     role: str
     scopes: frozenset[str]
@@ -83,10 +97,65 @@ class Principal:
     expires_at: int
     user_id: str
     legacy_owner_keys: bool = False
+    revocation: Literal["redis", "worker copy", "pending"] = "pending"
 
     @property
     def is_admin(self) -> bool:
         return self.role == "admin"
+
+
+class RevocationMirror:
+    """The last live revocation set this worker read from Redis (token ids and subject
+    cut-offs), so that a revoked token stays refused while Redis cannot answer.
+
+    Refreshed whole every ``revocation_mirror_seconds`` (one ZRANGE of the index of
+    live revocations, whose members are "<key> <value>") and completed by what each
+    lookup finds; its size is the number of revocations whose tokens have not expired
+    yet. What it cannot know: revocations made after its last refresh.
+    """
+
+    __slots__ = ("refreshed_at", "subject_cutoffs", "token_ids")
+
+    def __init__(self) -> None:
+        self.token_ids: set[str] = set()
+        self.subject_cutoffs: dict[str, int] = {}
+        self.refreshed_at: float | None = None  # time.monotonic() of the last refresh
+
+    def replace(self, members: Sequence[bytes | str]) -> None:
+        """Take the live members of the index: "<key> <value>" each."""
+        token_ids: set[str] = set()
+        cutoffs: dict[str, int] = {}
+        for member in members:
+            key, _, value = _text(member).rpartition(" ")
+            if key.startswith(REVOKED_JTI_PREFIX):
+                token_ids.add(key[len(REVOKED_JTI_PREFIX) :])
+            elif key.startswith(REVOKED_SUBJECT_PREFIX):
+                try:
+                    cutoff = int(value)
+                except ValueError:
+                    continue
+                subject = key[len(REVOKED_SUBJECT_PREFIX) :]
+                cutoffs[subject] = max(cutoff, cutoffs.get(subject, cutoff))
+        self.token_ids = token_ids
+        self.subject_cutoffs = cutoffs
+        self.refreshed_at = time.monotonic()
+
+    def learn(self, principal: Principal, token_revoked: bool, cutoff: int | None) -> None:
+        """What one lookup in Redis found for ``principal``'s token."""
+        if token_revoked:
+            self.token_ids.add(principal.token_id)
+        if cutoff is not None and cutoff > self.subject_cutoffs.get(principal.subject, -1):
+            self.subject_cutoffs[principal.subject] = cutoff
+
+    def revoked(self, principal: Principal) -> bool:
+        if principal.token_id in self.token_ids:
+            return True
+        cutoff = self.subject_cutoffs.get(principal.subject)
+        return cutoff is not None and principal.issued_at <= cutoff
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
 
 
 class KeySet:
@@ -163,6 +232,26 @@ class TokenVerifier:
         # checked on every request.
         self._verified: OrderedDict[str, tuple[Principal, str]] = OrderedDict()
         self._cache_size = cache_size
+        # Consulted whenever Redis cannot answer a lookup, whatever the outage policy.
+        self.mirror = RevocationMirror()
+
+    async def refresh_mirror(self) -> bool:
+        """Copy the live revocation set from Redis; False (the last copy is kept) when
+        Redis cannot answer: the lookups' outage policy deals with that."""
+        if self.redis is None:
+            return False
+        try:
+            members = await self.redis.zrange(REVOKED_INDEX, int(time.time()), "+inf", byscore=True)
+        except Exception:  # unreachable or failing Redis: keep the last copy
+            return False
+        self.mirror.replace(cast(list[bytes], members))
+        return True
+
+    async def keep_mirror(self) -> None:
+        """Refresh the mirror every ``revocation_mirror_seconds`` (a lifespan task)."""
+        while True:
+            await self.refresh_mirror()
+            await asyncio.sleep(self.settings.revocation_mirror_seconds)
 
     def _decode(self, token: str) -> tuple[Principal, str]:
         if len(token) > _MAX_TOKEN_LENGTH or token.count(".") != 2:
@@ -196,10 +285,11 @@ class TokenVerifier:
             raise Unauthorized("token is invalid or expired") from None
         return _principal_from_claims(claims), kid
 
-    async def verify(self, token: str, *, check_revocation: bool = True) -> Principal:
-        """The token's principal. ``check_revocation=False`` leaves the revocation
-        lookup to the caller, who must make it before acting on the request (the
-        predict routes make it in the same Redis round trip as their rate limits)."""
+    def verify_claims(self, token: str) -> Principal:
+        """The token's principal, its signature and claims verified (once per token, then
+        from the cache until it expires) but its revocation not looked up yet
+        (``revocation == "pending"``): only ``Admission.prediction`` takes such a
+        principal, and looks the revocation up with the prediction's limits."""
         cached = self._verified.get(token)
         if cached is None:
             principal, kid = self._decode(token)
@@ -214,54 +304,65 @@ class TokenVerifier:
         if principal.expires_at + self.settings.jwt_leeway < time.time():
             self._verified.pop(token, None)
             raise Unauthorized("token is invalid or expired")
-        if check_revocation:
-            await self.check_revocation(principal)
         return principal
 
-    async def check_revocation(self, principal: Principal) -> None:
-        """Raises ``Unauthorized`` when the token is revoked (or, fail-closed, when
-        Redis cannot be asked)."""
+    async def verify(self, token: str) -> Principal:
+        """The token's principal with its revocation looked up (``Unauthorized`` when
+        the token is invalid, expired or revoked)."""
+        return await self.check_revocation(self.verify_claims(token))
+
+    async def check_revocation(self, principal: Principal) -> Principal:
+        """``principal`` with its revocation status known; raises ``Unauthorized`` when
+        the token is revoked (or, fail-closed, when Redis cannot be asked)."""
         keys = self.revocation_keys(principal)
         if keys is None:
-            return
+            return self.revocation_unavailable(principal)
         try:
             jti_revoked, subject_revoked_at = await self.redis.mget(*keys)  # type: ignore[union-attr]
         except Exception as exc:  # Redis down: apply the configured policy
-            self.revocation_failed(exc)
-            return
-        self.revocation_answered()
+            return self.revocation_failed(exc, principal)
+        checked = self.revocation_answered(principal)
+        cutoff = None if subject_revoked_at is None else int(subject_revoked_at)
+        if jti_revoked is not None or cutoff is not None:
+            self.mirror.learn(principal, jti_revoked is not None, cutoff)
         if jti_revoked is not None:
             raise Unauthorized("token has been revoked")
-        if subject_revoked_at is not None and principal.issued_at <= int(subject_revoked_at):
+        if cutoff is not None and principal.issued_at <= cutoff:
             raise Unauthorized("token has been revoked")
+        return checked
 
     # The parts of the check, for a caller that asks Redis itself (``check_revocation``
-    # above; the predict rate limits' script, ``modelgate_common._ratelimit``).
+    # above; the prediction's admission script, ``Admission.prediction``).
     def revocation_keys(self, principal: Principal) -> tuple[str, str] | None:
-        """The token id's and the subject's revocation keys, or None when the lookup is
-        skipped: no revocation store, or Redis failed moments ago (the breaker is open;
-        the outage policy is applied then, which may raise ``Unauthorized``)."""
-        if self.redis is None:
-            return None
-        if self._breaker.open:  # Redis failed moments ago: do not wait on it again
-            self._revocation_unavailable()
+        """The token id's and the subject's revocation keys, or None when Redis is not
+        to be asked (no revocation store, or it failed moments ago: the breaker is
+        open); ``revocation_unavailable`` is the answer then."""
+        if self.redis is None or self._breaker.open:
             return None
         return revoked_jti_key(principal.token_id), revoked_subject_key(principal.subject)
 
-    def revocation_answered(self) -> None:
+    def revocation_answered(self, principal: Principal) -> Principal:
+        """Redis answered (and did not list the token): ``principal``, checked."""
         self._breaker.close()
         self.revocation_degraded = False
+        return replace(principal, revocation="redis")
 
-    def revocation_failed(self, exc: Exception) -> None:
+    def revocation_failed(self, exc: Exception, principal: Principal) -> Principal:
         """Redis could not be asked: the outage policy (may raise ``Unauthorized``)."""
         if self._breaker.trip():
             log.warning("revocation store unreachable", extra={"reason": type(exc).__name__})
-        self._revocation_unavailable()
+        return self.revocation_unavailable(principal)
 
-    def _revocation_unavailable(self) -> None:
-        self.revocation_degraded = True
-        if not self.settings.revocation_fail_open:
+    def revocation_unavailable(self, principal: Principal) -> Principal:
+        """Without Redis: a token revoked in the mirror is refused whatever the policy;
+        any other token is accepted (fail-open) or refused (fail-closed)."""
+        if self.redis is not None:
+            self.revocation_degraded = True
+        if self.mirror.revoked(principal):
+            raise Unauthorized("token has been revoked")
+        if self.redis is not None and not self.settings.revocation_fail_open:
             raise Unauthorized("token cannot be checked now")
+        return replace(principal, revocation="worker copy")
 
 
 def _principal_from_claims(claims: dict[str, Any]) -> Principal:
@@ -309,28 +410,25 @@ async def verify_bearer(
     token: str | None,
     scopes: Sequence[str],
     *,
-    check_revocation: bool = True,
+    pending_revocation: bool = False,
 ) -> Principal:
     """What ``authenticate`` does, for a dependency of a route's own that declares
-    ``Security(bearer_scheme, scopes=...)`` itself (one level of dependency solving
-    less on a hot path). ``check_revocation=False`` leaves the revocation lookup to
-    the caller, which must make it (``TokenVerifier.check_revocation``, or the same
-    lookup in one Redis round trip with other checks) before it acts on the request;
-    a token without the scopes is still looked up first, so a revoked token is a 401,
-    not a 403, either way."""
+    ``Security(bearer_scheme, scopes=...)`` itself. ``pending_revocation=True`` is for
+    ``Admission.prediction`` alone, which looks the revocation up with the prediction's
+    limits; a token without the scopes is still looked up first, so a revoked token is
+    a 401, not a 403, either way."""
     if not token:
         AUTH_FAILURES.labels(service_name(), "no token").inc()
         raise Unauthorized("not authenticated", error="")
     verifier: TokenVerifier = request.app.state.verifier
     try:
-        principal = await verifier.verify(token, check_revocation=check_revocation)
+        principal = verifier.verify_claims(token)
         missing = [s for s in scopes if s not in principal.scopes]
-        if missing and not check_revocation:
-            await verifier.check_revocation(principal)
+        if missing or not pending_revocation:
+            principal = await verifier.check_revocation(principal)
     except Unauthorized as exc:
         count_auth_failure(exc)
         raise
-    request.state.principal = principal
     if missing:
         AUTH_FAILURES.labels(service_name(), "insufficient scope").inc()
         raise Forbidden(

@@ -113,8 +113,16 @@ class CommonSettings(BaseSettings):
     )
     revocation_fail_open: bool = Field(
         True,
-        description="when Redis is unreachable, accept signed, unexpired tokens without the "
-        "revocation check (readiness reports degraded) instead of refusing every request",
+        description="when Redis is unreachable, accept signed, unexpired tokens that the "
+        "worker's copy of the revocation set does not list (readiness reports degraded) "
+        "instead of refusing every request",
+    )
+    revocation_mirror_seconds: float = Field(
+        2.0,
+        gt=0,
+        le=60,
+        description="each worker copies the live revocation set from Redis this often; the "
+        "copy keeps revoked tokens refused while Redis cannot answer",
     )
     max_body_bytes: int = Field(1_048_576, gt=0, description="largest request body accepted")
     ratelimit: RateLimitSettings = Field(

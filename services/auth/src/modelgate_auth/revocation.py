@@ -24,11 +24,17 @@ import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 import anyio
 import redis
 import redis.asyncio as aioredis
-from modelgate_common import revoked_jti_key, revoked_subject_key
+from modelgate_common import (
+    REVOKED_INDEX,
+    REVOKED_SUBJECT_PREFIX,
+    revoked_jti_key,
+    revoked_subject_key,
+)
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -38,6 +44,8 @@ log = logging.getLogger("modelgate.auth.revocation")
 
 SYNC_MARKER = "mg:auth:revocations-synced"
 SYNC_OVERLAP = 60  # seconds re-read by every periodic push
+# Sets each key (a subject cut-off only ever forward) and lists it in the index.
+_REVOKE = (Path(__file__).parent / "revoke.lua").read_text(encoding="utf-8")
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,28 +169,31 @@ class RevocationPublisher:
             await asyncio.sleep(interval)
 
 
-async def _push_async(client: aioredis.Redis, items: list[PendingRevocation]) -> None:
+def _script_call(items: Iterable[PendingRevocation]) -> tuple[list[str], list[str | int]] | None:
+    """KEYS and ARGV of ``revoke.lua`` for the live ``items``; None when none is live."""
     now = int(time.time())
     live = [item for item in items if item.expires_at > now]
     if not live:
-        return
-    async with client.pipeline(transaction=False) as pipe:
-        for item in live:
-            pipe.set(item.key, item.value, exat=item.expires_at)
-        await pipe.execute()
+        return None
+    args: list[str | int] = [REVOKED_SUBJECT_PREFIX, REVOKED_INDEX]
+    for item in live:
+        args += [item.value, item.expires_at]
+    return [item.key for item in live], args
+
+
+async def _push_async(client: aioredis.Redis, items: list[PendingRevocation]) -> None:
+    call = _script_call(items)
+    if call is not None:
+        await client.register_script(_REVOKE)(keys=call[0], args=call[1])
 
 
 def push_sync(client: redis.Redis, items: Iterable[PendingRevocation]) -> bool:
     """The CLI's immediate push (the running service's sync would also deliver it)."""
-    now = int(time.time())
-    live = [item for item in items if item.expires_at > now]
-    if not live:
+    call = _script_call(items)
+    if call is None:
         return True
     try:
-        with client.pipeline(transaction=False) as pipe:
-            for item in live:
-                pipe.set(item.key, item.value, exat=item.expires_at)
-            pipe.execute()
+        client.register_script(_REVOKE)(keys=call[0], args=call[1])
     except (redis.RedisError, OSError):
         return False
     return True

@@ -16,8 +16,8 @@ from modelgate_common import (
     ADMIN_SCOPES,
     Forbidden,
     NotFound,
+    Admission,
     Principal,
-    SharedRateLimiter,
     TokenVerifier,
     Unauthorized,
     authenticate,
@@ -204,19 +204,18 @@ async def authenticate_client(
     both spent before the hash is verified, as for a password."""
     if credentials.secret is None:
         raise invalid_client("client authentication is required", credentials.basic)
-    limiter: SharedRateLimiter = request.app.state.ratelimiter
+    admission: Admission = request.app.state.admission
     identity = client_subject(credentials.client_id)
-    await limiter.check_login(get_remote_address(request), identity)
     try:
-        return await _run_hashing(
-            request,
-            clients.authenticate,
-            credentials.client_id,
-            credentials.secret,
-            _client_ip(request),
-        )
+        async with admission.sign_in(get_remote_address(request), identity, (ClientAuthFailed,)):
+            return await _run_hashing(
+                request,
+                clients.authenticate,
+                credentials.client_id,
+                credentials.secret,
+                _client_ip(request),
+            )
     except ClientAuthFailed as exc:
-        await limiter.record_login_failure(identity)
         raise invalid_client(exc.message, credentials.basic) from None
 
 
@@ -255,21 +254,22 @@ async def _password_grant(
     request: Request, service: AuthService, form: dict[str, str]
 ) -> TokenPair:
     username = form.get("username", "")
-    limiter: SharedRateLimiter = request.app.state.ratelimiter
+    admission: Admission = request.app.state.admission
     # The client IP's and the user name's budgets, spent before any password check.
-    await limiter.check_login(get_remote_address(request), username)
-    require(form, "username", "password")
     try:
-        return await _run_hashing(
-            request,
-            service.login,
-            username,
-            form["password"],
-            form.get("scope", ""),
-            _client_ip(request),
-        )
+        async with admission.sign_in(
+            get_remote_address(request), username, (InvalidCredentials,)
+        ):
+            require(form, "username", "password")
+            return await _run_hashing(
+                request,
+                service.login,
+                username,
+                form["password"],
+                form.get("scope", ""),
+                _client_ip(request),
+            )
     except InvalidCredentials as exc:
-        await limiter.record_login_failure(username)
         raise OAuthError(INVALID_GRANT, exc.message) from None
     except InvalidScope as exc:
         raise OAuthError(INVALID_SCOPE, exc.message) from None
@@ -333,7 +333,7 @@ async def revoke(request: Request, service: Service, clients: Clients) -> Respon
     if token.count(".") == 2:  # a JWT: one of our access tokens if its signature verifies
         verifier: TokenVerifier = request.app.state.verifier
         try:
-            principal = await verifier.verify(token, check_revocation=False)
+            principal = verifier.verify_claims(token)
         except Unauthorized:
             principal = None
         if principal is not None:
@@ -467,26 +467,23 @@ async def update_me(
     session ends). Only an admin can set a role: a ``role`` here is refused."""
     if body.role is not None:
         raise Forbidden("only an admin can set a role")
-    limiter: SharedRateLimiter | None = None
-    if body.password is not None:
+    update = (
+        service.update_self,
+        principal.subject,
+        body.full_name,
+        "full_name" in body.model_fields_set,
+        body.password.get_secret_value() if body.password else None,
+        body.current_password.get_secret_value() if body.current_password else None,
+    )
+    if body.password is None:
+        outcome = await _run_hashing(request, *update)
+    else:
         # Checking the current password is a password guess like a sign-in: a stolen
         # access token must not become an unthrottled oracle for it.
-        limiter = request.app.state.ratelimiter
-        await limiter.check_login(get_remote_address(request), principal.subject)
-    try:
-        outcome = await _run_hashing(
-            request,
-            service.update_self,
-            principal.subject,
-            body.full_name,
-            "full_name" in body.model_fields_set,
-            body.password.get_secret_value() if body.password else None,
-            body.current_password.get_secret_value() if body.current_password else None,
-        )
-    except Forbidden:
-        if limiter is not None:
-            await limiter.record_login_failure(principal.subject)
-        raise
+        admission: Admission = request.app.state.admission
+        client = get_remote_address(request)
+        async with admission.sign_in(client, principal.subject, (Forbidden,)):
+            outcome = await _run_hashing(request, *update)
     await _push(request, outcome.revocations)
     assert outcome.user is not None
     return _user_out(outcome.user)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request, Security
-from modelgate_common import Principal, SharedRateLimiter, authenticate, error_responses
+from fastapi import APIRouter, Depends, Request
+from modelgate_common import Principal, admitted, error_responses
 
 from .schemas import (
     DecryptRequest,
@@ -17,23 +17,11 @@ from .schemas import (
 )
 from .service import CryptoService
 
-Encryptor = Annotated[Principal, Security(authenticate, scopes=["crypto:encrypt"])]
-Decryptor = Annotated[Principal, Security(authenticate, scopes=["crypto:decrypt"])]
-Rotator = Annotated[Principal, Security(authenticate, scopes=["crypto:encrypt", "crypto:decrypt"])]
-
-
-async def crypto_rate_limit(request: Request) -> None:
-    """The per-subject crypto rate limit (60/minute by default, MG_RATELIMIT_CRYPTO).
-
-    Declared after the principal in every crypto route, so it runs once the caller is
-    authenticated and ``request.state.principal`` is set; it raises ``TooManyRequests``
-    to refuse.
-    """
-    limiter: SharedRateLimiter = request.app.state.ratelimiter
-    await limiter.check_subject("crypto", request.state.principal)
-
-
-RateLimited = Annotated[None, Depends(crypto_rate_limit)]
+# A token with the scopes, one request of its subject's crypto budget spent
+# (60/minute by default, MG_RATELIMIT_CRYPTO).
+Encryptor = Annotated[Principal, Depends(admitted("crypto", ["crypto:encrypt"]))]
+Decryptor = Annotated[Principal, Depends(admitted("crypto", ["crypto:decrypt"]))]
+Rotator = Annotated[Principal, Depends(admitted("crypto", ["crypto:encrypt", "crypto:decrypt"]))]
 
 
 def get_service(request: Request) -> CryptoService:
@@ -51,7 +39,7 @@ _DECRYPT_ERRORS = error_responses(400, 401, 403, 422, 429, 503)
 
 @router.post("/crypto/encrypt", responses=_ERRORS)
 async def encrypt(
-    body: EncryptRequest, principal: Encryptor, _: RateLimited, service: Service
+    body: EncryptRequest, principal: Encryptor, service: Service
 ) -> EncryptResponse:
     """Encrypt text for the caller: only a token of the same user (the same ``uid``, never
     merely the same user name) can decrypt it."""
@@ -59,17 +47,13 @@ async def encrypt(
 
 
 @router.post("/crypto/decrypt", responses=_DECRYPT_ERRORS)
-async def decrypt(
-    body: DecryptRequest, principal: Decryptor, _: RateLimited, service: Service
-) -> DecryptResponse:
+async def decrypt(body: DecryptRequest, principal: Decryptor, service: Service) -> DecryptResponse:
     """Decrypt the caller's ciphertext; any failure is 400 `decryption failed`."""
     return DecryptResponse(plaintext=service.decrypt(principal, body.ciphertext, body.ttl))
 
 
 @router.post("/crypto/rotate", responses=_DECRYPT_ERRORS)
-async def rotate(
-    body: RotateRequest, principal: Rotator, _: RateLimited, service: Service
-) -> RotateResponse:
+async def rotate(body: RotateRequest, principal: Rotator, service: Service) -> RotateResponse:
     """Re-encrypt the caller's ciphertext under the newest key (needs both crypto scopes)."""
     return RotateResponse(ciphertext=service.rotate(principal, body.ciphertext))
 

@@ -11,7 +11,6 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from modelgate_common import (
     JsonResponse,
-    PredictionLimits,
     ServiceError,
     configure_logging,
     create_service_app,
@@ -22,12 +21,10 @@ from starlette.responses import Response
 
 from .config import InferenceSettings
 from .routes import router
-from .service import ModelRegistry, PredictionGate, VersionSync
+from .service import ModelRegistry, VersionSync
 
 
-def create_app(
-    settings: InferenceSettings | None = None, prediction_gate: PredictionGate | None = None
-) -> FastAPI:
+def create_app(settings: InferenceSettings | None = None) -> FastAPI:
     settings = settings or InferenceSettings()
     configure_logging(
         "inference", settings.common.log_level, settings.common.log_dir / "audit.jsonl"
@@ -63,7 +60,6 @@ def create_app(
         title="modelgate inference", settings=settings.common, lifespan=lifespan, routers=[router]
     )
     app.state.settings = settings
-    app.state.prediction_gate = prediction_gate or PredictionLimits(app)
     _add_protocol_error_field(app)
     return app
 

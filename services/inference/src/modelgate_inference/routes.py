@@ -14,8 +14,10 @@ from typing import Annotated, Any
 import orjson
 from fastapi import APIRouter, Depends, Path, Query, Request, Security
 from modelgate_common import (
+    Admission,
     Forbidden,
     JsonResponse,
+    Prediction,
     Principal,
     ServiceError,
     authenticate,
@@ -47,7 +49,7 @@ from .schemas import (
     parse_inference_request,
     requested_outputs,
 )
-from .service import ModelRegistry, PredictionGate, VersionSync, audit_prediction, predict
+from .service import ModelRegistry, VersionSync, audit_prediction, predict
 from .store import NAME_PATTERN, VERSION_PATTERN
 
 router = APIRouter()
@@ -92,30 +94,21 @@ _PREDICT_SCOPES = ("models:predict",)
 async def predictor(
     request: Request,
     token: Annotated[str | None, Security(bearer_scheme, scopes=list(_PREDICT_SCOPES))],
-) -> AsyncIterator[Principal]:
-    """A token with ``models:predict``, not revoked, within the per-subject request limit.
+) -> AsyncIterator[Prediction]:
+    """A token with ``models:predict``, its prediction admitted in one Redis call.
 
     The token is verified here rather than by ``authenticate`` (the same checks and
-    the same OpenAPI security entry, one level of dependency solving less). The gate
-    may make the revocation lookup and the request limit together with the rows quota
-    once the body is validated (``_run``): one Redis round trip. A request that fails
-    before that is checked on its way out, and a 401 or 429 then replaces its error,
-    as if the checks had come first."""
-    gate: PredictionGate = request.app.state.prediction_gate
-    principal = await verify_bearer(
-        request, token, _PREDICT_SCOPES, check_revocation=not gate.checks_revocation
-    )
-    await gate.check_request(principal, request.url.path)
-    request.state.rows_checked = False
-    try:
-        yield principal
-    except Exception:
-        if not request.state.rows_checked:
-            await gate.check_unfinished(principal)
-        raise
+    the same OpenAPI security entry, one level of dependency solving less); its
+    revocation is looked up with the request limit and the rows quota once the batch
+    is validated (``_run``). A request that fails before that is admitted on its way
+    out, and a 401 or 429 then replaces its error, as if the checks had come first."""
+    principal = await verify_bearer(request, token, _PREDICT_SCOPES, pending_revocation=True)
+    admission: Admission = request.app.state.admission
+    async with admission.prediction(principal) as prediction:
+        yield prediction
 
 
-Predictor = Annotated[Principal, Depends(predictor)]
+Predictor = Annotated[Prediction, Depends(predictor)]
 
 
 def _registry(request: Request) -> ModelRegistry:
@@ -147,12 +140,12 @@ def _json_array(values: Any) -> Any:
 
 
 async def _run(
-    request: Request, principal: Principal, model: LoadedModel, X: Any, probabilities: bool
-) -> tuple[Any, Any]:
-    gate: PredictionGate = request.app.state.prediction_gate
-    request.state.rows_checked = True
-    await gate.check_rows(principal, len(X))
-    return await predict(model, X, probabilities, request.app.state.settings.offload_rows)
+    request: Request, prediction: Prediction, model: LoadedModel, X: Any, probabilities: bool
+) -> tuple[Principal, Any, Any]:
+    """Admit the validated batch (revocation, request, rows), then predict."""
+    principal = await prediction.admit(len(X))
+    labels, proba = await predict(model, X, probabilities, request.app.state.settings.offload_rows)
+    return principal, labels, proba
 
 
 # --- v1 --------------------------------------------------------------------------------------
@@ -235,7 +228,7 @@ async def get_model(request: Request, name: ModelName, _: Reader) -> Json:
 async def predict_v1(
     request: Request,
     name: ModelName,
-    principal: Predictor,
+    prediction: Predictor,
     version: Annotated[str | None, Query(pattern=VERSION_PATTERN)] = None,
 ) -> Json:
     """Predict a batch: `{"instances": [{feature: number, ...}, ...], "probabilities": false}`."""
@@ -243,8 +236,8 @@ async def predict_v1(
     model = _registry(request).get(name, version)
     X, probabilities = model.schema.parse_v1(await _json_body(request))
     if probabilities:
-        _allow_probabilities(request, principal)
-    labels, proba = await _run(request, principal, model, X, probabilities)
+        _allow_probabilities(request, prediction.principal)
+    principal, labels, proba = await _run(request, prediction, model, X, probabilities)
     body: dict[str, Any] = {
         "model": model.name,
         "version": model.version,
@@ -304,12 +297,12 @@ async def load_version(
         }
     },
 )
-async def predict_seed(request: Request, principal: Predictor) -> Json:
+async def predict_seed(request: Request, prediction: Predictor) -> Json:
     """The seed tutorial's call: one iris flower in, `{"prediction": int}` out."""
     started = time.perf_counter()
     model = _registry(request).get(request.app.state.settings.seed_model)
     X = model.schema.parse_row(await _json_body(request))
-    labels, _ = await _run(request, principal, model, X, False)
+    principal, labels, _ = await _run(request, prediction, model, X, False)
     audit_prediction(principal, model, 1, started, "seed", False)
     return Json({"prediction": labels.tolist()[0], "model": model.name, "version": model.version})
 
@@ -487,10 +480,10 @@ _INFER_BODY = _json_body_of(
     responses=_answers(InferenceResponseOut, 401, 403, 404, 413, 415, 422, 429),
     openapi_extra=_INFER_BODY,
 )
-async def infer(request: Request, name: ModelName, principal: Predictor) -> Json:
+async def infer(request: Request, name: ModelName, prediction: Predictor) -> Json:
     """JSON tensors in: one tensor `input` of shape [rows, features] (FP64/FP32/INT*)
     or one tensor per feature; outputs `label` (default) and `probabilities`."""
-    return await _infer(request, name, None, principal)
+    return await _infer(request, name, None, prediction)
 
 
 @router.post(
@@ -500,21 +493,21 @@ async def infer(request: Request, name: ModelName, principal: Predictor) -> Json
     openapi_extra=_INFER_BODY,
 )
 async def infer_version(
-    request: Request, name: ModelName, version: ModelVersion, principal: Predictor
+    request: Request, name: ModelName, version: ModelVersion, prediction: Predictor
 ) -> Json:
     """As `/v2/models/{name}/infer`, for one version of the model."""
-    return await _infer(request, name, version, principal)
+    return await _infer(request, name, version, prediction)
 
 
-async def _infer(request: Request, name: str, version: str | None, principal: Principal) -> Json:
+async def _infer(request: Request, name: str, version: str | None, prediction: Prediction) -> Json:
     started = time.perf_counter()
     model = _registry(request).get(name, version)
     payload = parse_inference_request(await _json_body(request))
     X = inputs_to_matrix(payload, model.schema)
     want_label, want_proba = requested_outputs(payload, model.schema)
     if want_proba:
-        _allow_probabilities(request, principal)
-    labels, proba = await _run(request, principal, model, X, want_proba)
+        _allow_probabilities(request, prediction.principal)
+    principal, labels, proba = await _run(request, prediction, model, X, want_proba)
     outputs: list[dict[str, Any]] = []
     if want_label:
         outputs.append(

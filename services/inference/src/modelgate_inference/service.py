@@ -1,5 +1,5 @@
-"""Serving logic, no HTTP: the registry of loaded models, prediction, the
-per-worker switch of serving versions, and the seam for rate limits."""
+"""Serving logic, no HTTP: the registry of loaded models, prediction and the
+per-worker switch of serving versions."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import redis.asyncio as aioredis
@@ -235,40 +235,6 @@ def audit_prediction(
         endpoint=endpoint,
         probabilities=probabilities,
     )
-
-
-class PredictionGate(Protocol):
-    """The seam for per-subject rate limits and quotas (issue 6). ``check_request``
-    runs once a token's signature, claims and scopes are verified, before the body is
-    read; ``check_rows`` once the batch size is known, before the model runs; and
-    ``check_unfinished`` instead of ``check_rows`` when the request fails before it (its
-    refusal then replaces the failure). A gate may make its checks in the first call or
-    defer them to whichever of the others comes. With ``checks_revocation`` the gate
-    also looks the token's revocation up (otherwise the route does, before
-    ``check_request``). Raise Unauthorized or TooManyRequests to refuse."""
-
-    checks_revocation: bool
-
-    async def check_request(self, principal: Principal, endpoint: str) -> None: ...
-
-    async def check_rows(self, principal: Principal, rows: int) -> None: ...
-
-    async def check_unfinished(self, principal: Principal) -> None: ...
-
-
-class OpenGate:
-    """No limits: the default until the rate limiter plugs in."""
-
-    checks_revocation = False
-
-    async def check_request(self, principal: Principal, endpoint: str) -> None:
-        return None
-
-    async def check_rows(self, principal: Principal, rows: int) -> None:
-        return None
-
-    async def check_unfinished(self, principal: Principal) -> None:
-        return None
 
 
 # --- switching versions in every worker ------------------------------------------------------
