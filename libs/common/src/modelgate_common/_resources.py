@@ -5,7 +5,6 @@ checks."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -56,12 +55,12 @@ async def shared_resources(app: FastAPI, settings: CommonSettings) -> AsyncItera
     checks.add("redis", redis_check)
     checks.add("token_keys", keys_check)
     checks.add("rate_limits", admission.health)
-    mirror = asyncio.create_task(verifier.keep_mirror())
+    stop = asyncio.Event()
+    mirror = asyncio.create_task(verifier.keep_mirror(stop))
     try:
         yield
     finally:
-        mirror.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await mirror
+        stop.set()
+        await mirror
         await admission.aclose()
         await redis.aclose()

@@ -8,6 +8,7 @@ required; revocation is checked in Redis.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import re
@@ -247,11 +248,14 @@ class TokenVerifier:
         self.mirror.replace(cast(list[bytes], members))
         return True
 
-    async def keep_mirror(self) -> None:
-        """Refresh the mirror every ``revocation_mirror_seconds`` (a lifespan task)."""
-        while True:
+    async def keep_mirror(self, stop: asyncio.Event) -> None:
+        """Refresh the mirror every ``revocation_mirror_seconds`` until ``stop`` is set
+        (a lifespan task; an event rather than a cancellation, which a Redis call in
+        flight may absorb)."""
+        while not stop.is_set():
             await self.refresh_mirror()
-            await asyncio.sleep(self.settings.revocation_mirror_seconds)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.settings.revocation_mirror_seconds)
 
     def _decode(self, token: str) -> tuple[Principal, str]:
         if len(token) > _MAX_TOKEN_LENGTH or token.count(".") != 2:
