@@ -29,13 +29,13 @@ from modelgate_common import (
     admitted,
     create_service_app,
     shared_resources,
-    sign_in_limit,
     sliding_window_times,
 )
 from modelgate_common._admission import AutoPipeline
 from modelgate_common.testing import TokenFactory
 from prometheus_client import REGISTRY
 from pydantic import ValidationError
+from slowapi.util import get_remote_address
 
 pytestmark = pytest.mark.anyio
 
@@ -62,14 +62,16 @@ class Checks:
 def build(settings: CommonSettings, checks: Checks) -> FastAPI:
     router = APIRouter()
 
-    @router.post("/auth/token", dependencies=[Depends(sign_in_limit)])
+    @router.post("/auth/token")
     async def token(
-        username: Annotated[str, Form()], password: Annotated[str, Form()]
+        request: Request, username: Annotated[str, Form()], password: Annotated[str, Form()]
     ) -> JSONResponse:
-        checks.passwords += 1
-        await asyncio.sleep(0.01)  # the hash takes time: requests overlap
-        if password != PASSWORD:
-            raise Unauthorized("invalid user name or password", error="")
+        admission: Admission = request.app.state.admission
+        async with admission.sign_in(get_remote_address(request), username, (Unauthorized,)):
+            checks.passwords += 1
+            await asyncio.sleep(0.01)  # the hash takes time: requests overlap
+            if password != PASSWORD:
+                raise Unauthorized("invalid user name or password", error="")
         # A route that returns a Response itself still gets the RateLimit headers.
         return JSONResponse({"access_token": f"token-for-{username}"})
 

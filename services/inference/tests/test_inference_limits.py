@@ -1,5 +1,5 @@
 """A prediction's revocation lookup, request limit and rows quota in ONE Redis round
-trip (``PredictionLimits``), against a real Redis and two app instances ("workers",
+trip (``Admission.prediction``), against a real Redis and two app instances ("workers",
 each with its own limiter and connection pool): exact counts across them, the answers
 and their order as when the checks were separate calls, and the outage policy."""
 

@@ -9,7 +9,6 @@ from ._admission import (
     Prediction,
     Verdict,
     admitted,
-    sign_in_limit,
     sliding_window_times,
 )
 from ._app import create_service_app
@@ -44,10 +43,10 @@ from ._security import (
     ALGORITHM,
     ANALYST_SCOPES,
     PROBABILITY_SCOPE,
-    ROLE_SCOPES,
     REVOKED_INDEX,
     REVOKED_JTI_PREFIX,
     REVOKED_SUBJECT_PREFIX,
+    ROLE_SCOPES,
     ROLES,
     USER_SCOPES,
     KeySet,
@@ -123,7 +122,6 @@ __all__ = [
     "revoked_jti_key",
     "revoked_subject_key",
     "shared_resources",
-    "sign_in_limit",
     "sliding_window_times",
     "verify_bearer",
     "write_private",

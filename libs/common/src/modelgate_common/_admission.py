@@ -2,11 +2,11 @@
 
 ``await admission.admit(policy, who, cost=…)`` spends ``cost`` of ``who``'s budget under
 a policy of ``POLICIES`` and returns the ``Verdict``, or raises the policy's refusal
-(429, or 503 for a policy that refuses while Redis is unreachable). Routes use it
-through one dependency each: ``admitted(policy, scopes)`` for a per-subject limit,
-``sign_in_limit`` for the password grant; predictions through
-``Admission.prediction``, which charges the request, the rows and looks the token's
-revocation up in ONE Redis call.
+(429, or 503 for a policy that refuses while Redis is unreachable). Per-subject
+routes use it through one dependency, ``admitted(policy, scopes)``; a password or
+client-secret check through ``async with admission.sign_in(…)``; predictions through
+``async with admission.prediction(principal)``, which charges the request, the rows
+and looks the token's revocation up in ONE Redis call.
 
 Counters live in Redis, so a limit holds across every worker of every service:
 
@@ -50,7 +50,6 @@ from limits.aio.strategies import MovingWindowRateLimiter
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError
-from slowapi.util import get_remote_address
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ._errors import ServiceUnavailable, TooManyRequests, Unauthorized
@@ -726,17 +725,6 @@ def admitted(policy: str, scopes: Sequence[str] = ()) -> Callable[..., Awaitable
 
     dependency.__name__ = f"{policy}_admission"
     return dependency
-
-
-async def sign_in_limit(request: Request) -> AsyncIterator[None]:
-    """The dependency of the password grant: ``Admission.sign_in`` around the route, with
-    the form's user name; an ``Unauthorized`` from the route is a failed sign-in."""
-    form = await request.form()
-    username = form.get("username")
-    async with _admission(request).sign_in(
-        get_remote_address(request), username if isinstance(username, str) else "", (Unauthorized,)
-    ):
-        yield
 
 
 class AdmissionHeadersMiddleware:

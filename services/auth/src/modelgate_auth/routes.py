@@ -14,9 +14,9 @@ import anyio
 from fastapi import APIRouter, Depends, Query, Request, Response, Security, status
 from modelgate_common import (
     ADMIN_SCOPES,
+    Admission,
     Forbidden,
     NotFound,
-    Admission,
     Principal,
     TokenVerifier,
     Unauthorized,
@@ -257,9 +257,7 @@ async def _password_grant(
     admission: Admission = request.app.state.admission
     # The client IP's and the user name's budgets, spent before any password check.
     try:
-        async with admission.sign_in(
-            get_remote_address(request), username, (InvalidCredentials,)
-        ):
+        async with admission.sign_in(get_remote_address(request), username, (InvalidCredentials,)):
             require(form, "username", "password")
             return await _run_hashing(
                 request,
