@@ -15,7 +15,6 @@ from typing import Annotated, Any
 import httpx
 import pytest
 import redis.asyncio as aioredis
-import redis.exceptions
 from fastapi import APIRouter, Depends, FastAPI, Form, Request
 from fastapi.responses import JSONResponse
 from modelgate_common import (
@@ -31,7 +30,6 @@ from modelgate_common import (
     shared_resources,
     sliding_window_times,
 )
-from modelgate_common._admission import AutoPipeline
 from modelgate_common.testing import TokenFactory
 from prometheus_client import REGISTRY
 from pydantic import ValidationError
@@ -497,37 +495,3 @@ def test_per_worker_window_decays_and_shifts_with_time() -> None:
     clock.now += 200  # everything has aged out
     assert windows.hit("k", 10, 60_000, 10)[0]
     assert not windows.hit("k", 10, 60_000, 11)[0]  # a cost above the limit never fits
-
-
-async def test_script_calls_of_one_turn_go_in_one_pipeline_with_their_own_replies(
-    redis_server: Any,
-) -> None:
-    client = aioredis.from_url(redis_server.url)
-    pipeline = AutoPipeline(client)
-    sent: list[int] = []
-    execute = pipeline._execute
-
-    async def counted(calls: Any) -> list[Any]:
-        sent.append(len(calls))
-        return await execute(calls)
-
-    pipeline._execute = counted  # type: ignore[method-assign]
-    double = "return tonumber(ARGV[1]) * 2"
-    failing = "return redis.error_reply('refused here')"
-    try:
-        await client.script_flush()  # Redis knows no script: NOSCRIPT, loaded, sent again
-        replies = await asyncio.gather(*(pipeline.call(double, [], [i]) for i in range(20)))
-        assert replies == [2 * i for i in range(20)]
-        assert sent == [20, 20]
-        replies = await asyncio.gather(*(pipeline.call(double, [], [i]) for i in range(5)))
-        assert replies == [2 * i for i in range(5)]
-        assert sent == [20, 20, 5]
-        # An error reply fails its own call only.
-        results = await asyncio.gather(
-            pipeline.call(failing, [], []), pipeline.call(double, [], [21]), return_exceptions=True
-        )
-        assert isinstance(results[0], redis.exceptions.ResponseError)
-        assert "refused here" in str(results[0])
-        assert results[1] == 42
-    finally:
-        await client.aclose()

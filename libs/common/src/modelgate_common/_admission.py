@@ -29,7 +29,6 @@ client wrote.
 from __future__ import annotations
 
 import asyncio
-import functools
 import hashlib
 import logging
 import math
@@ -49,7 +48,6 @@ from limits.aio.storage import RedisStorage
 from limits.aio.strategies import MovingWindowRateLimiter
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import NoScriptError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ._errors import ServiceUnavailable, TooManyRequests, Unauthorized
@@ -322,78 +320,6 @@ class _Limit:
         return [f"{base}:prev:{who}", f"{base}:cur:{who}"]
 
 
-# -- script calls of one event-loop turn, sent together ------------------------------------
-class AutoPipeline:
-    """Sends the script calls that the concurrent requests of one worker make in one
-    event-loop turn as ONE pipelined write, and hands each caller its own reply (what
-    ioredis calls auto-pipelining): one system call and one read for the whole batch
-    instead of one round trip each, and the same replies, errors and ordering as
-    separate calls (a pipeline without MULTI runs each command on its own).
-
-    A script Redis does not know (NOSCRIPT, after a restart) is loaded and the calls
-    that hit it are sent again. A failure of the connection fails every call of the
-    batch, as it would have failed each of them."""
-
-    def __init__(self, client: aioredis.Redis) -> None:
-        self._client = client
-        self._batch: list[tuple[str, str, Sequence[str], Sequence[int], asyncio.Future[Any]]] = []
-        self._sending: set[asyncio.Task[None]] = set()
-
-    def call(self, script: str, keys: Sequence[str], args: Sequence[int]) -> Awaitable[Any]:
-        """The reply of ``script`` (its text) run on ``keys`` and ``args``."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
-        if not self._batch:
-            loop.call_soon(self._flush)  # once every request ready in this turn has run
-        self._batch.append((_sha1(script), script, keys, args, future))
-        return future
-
-    def _flush(self) -> None:
-        batch, self._batch = self._batch, []
-        task = asyncio.ensure_future(self._send(batch))
-        self._sending.add(task)
-        task.add_done_callback(self._sending.discard)
-
-    async def _send(
-        self, batch: list[tuple[str, str, Sequence[str], Sequence[int], asyncio.Future[Any]]]
-    ) -> None:
-        try:
-            replies = await self._execute([(sha, keys, args) for sha, _, keys, args, _ in batch])
-            missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
-            if missing:
-                for script in {batch[i][1] for i in missing}:
-                    await self._client.script_load(script)
-                again = await self._execute(
-                    [(batch[i][0], batch[i][2], batch[i][3]) for i in missing]
-                )
-                for i, reply in zip(missing, again, strict=True):
-                    replies[i] = reply
-        except Exception as exc:  # the connection failed: every call of the batch did
-            for *_, future in batch:
-                if not future.done():
-                    future.set_exception(exc)
-            return
-        for (*_, future), reply in zip(batch, replies, strict=True):
-            if future.done():  # the caller gave up (its time budget ran out)
-                continue
-            if isinstance(reply, Exception):
-                future.set_exception(reply)
-            else:
-                future.set_result(reply)
-
-    async def _execute(self, calls: Sequence[Sequence[Any]]) -> list[Any]:
-        async with self._client.pipeline(transaction=False) as pipe:
-            for sha, keys, args in calls:
-                pipe.evalsha(sha, len(keys), *keys, *args)
-            return list(await pipe.execute(raise_on_error=False))
-
-
-@functools.cache
-def _sha1(script: str) -> str:
-    # The name Redis gives a script (EVALSHA), not a security function.
-    return hashlib.sha1(script.encode("utf-8"), usedforsecurity=False).hexdigest()
-
-
 # -- the admission of one worker ------------------------------------------------------------
 class Admission:
     """Every limit of one worker: Redis-backed, with the per-worker fallback."""
@@ -425,8 +351,9 @@ class Admission:
         # One bound for a whole check, however many round trips or reconnects it takes.
         self._budget = max(connect_timeout, socket_timeout)
         self._client = aioredis.Redis(connection_pool=self._pool)
-        # EVALSHA, the calls of one event-loop turn in one pipeline.
-        self._scripts = AutoPipeline(self._client)
+        # EVALSHA, loading the script on NOSCRIPT (a restarted Redis forgets it).
+        self._admit_script = self._client.register_script(_ADMIT_LUA)
+        self._prediction_script = self._client.register_script(_PREDICTION_LUA)
         self._moving = MovingWindowRateLimiter(
             RedisStorage(
                 "async+" + redis_url,
@@ -548,9 +475,8 @@ class Admission:
         self, limit: _Limit, name: str, policy: Policy, who: str, cost: int
     ) -> Verdict:
         keys = limit.keys(name, policy, who)
-        reply = await self._scripts.call(
-            _ADMIT_LUA, keys, [limit.amount, limit.period * 1000, cost]
-        )
+        args = [limit.amount, limit.period * 1000, cost]
+        reply = await self._admit_script(keys=keys, args=args)
         allowed, *window = (int(v) for v in reply)
         return _sliding_verdict(limit.amount, limit.period, cost, bool(allowed), window, True)
 
@@ -604,7 +530,7 @@ class Admission:
             ]
             try:
                 async with asyncio.timeout(self._budget):
-                    reply = await self._scripts.call(_PREDICTION_LUA, script_keys, args)
+                    reply = await self._prediction_script(keys=script_keys, args=args)
             except Exception as exc:  # any storage failure: both outage policies
                 self._store_failed(exc)
                 if keys is not None:
