@@ -38,9 +38,7 @@ _DECRYPT_ERRORS = error_responses(400, 401, 403, 422, 429, 503)
 
 
 @router.post("/crypto/encrypt", responses=_ERRORS)
-async def encrypt(
-    body: EncryptRequest, principal: Encryptor, service: Service
-) -> EncryptResponse:
+async def encrypt(body: EncryptRequest, principal: Encryptor, service: Service) -> EncryptResponse:
     """Encrypt text for the caller: only a token of the same user (the same ``uid``, never
     merely the same user name) can decrypt it."""
     return EncryptResponse(ciphertext=service.encrypt(principal, body.plaintext))
