@@ -36,6 +36,11 @@ teardown() {
     if ((status != 0)) && [[ -n ${COMPOSE_UP:-} ]]; then
         compose ps >&2 || true
         compose logs --no-color --tail=30 >&2 || true
+        # Every line of every service, kept: a failure mid-suite is often explained by a
+        # warning long before the last 30 lines (a rate-limit store that timed out, say).
+        compose logs --no-color >"$WORK/failed-run.log" 2>&1 || true
+        say "every container's log: $WORK/failed-run.log; warnings and errors:"
+        grep -E '"level":"(warning|error|critical)"' "$WORK/failed-run.log" | tail -40 >&2 || true
     fi
     if [[ -n ${COMPOSE_UP:-} ]]; then
         compose down --volumes --remove-orphans --timeout 40 >/dev/null 2>&1 || true

@@ -107,6 +107,24 @@ def test_a_clean_clone_comes_up_with_docker_compose_alone(
         ciphertext = client.post("/crypto/encrypt", json={"plaintext": "kept"}, headers=bob)
         assert ciphertext.status_code == 200, ciphertext.text
 
+        # A revocation by the CLI reaches the running services through Redis at once.
+        made = clone.cli("user", "add", "carol", "--generate", "--show")
+        carol_password = re.search(r"^password: (\S+)$", made, re.M)
+        assert carol_password, made
+        carol = sign_in(client, "carol", carol_password.group(1))
+        assert client.get("/auth/users/me", headers=carol).status_code == 200
+        disabled = clone.cli("user", "disable", "carol")
+        assert "existing tokens of the user are revoked\n" in disabled, disabled
+        assert client.get("/auth/users/me", headers=carol).status_code == 401
+        assert client.post("/predict", json=IRIS_ROW, headers=carol).status_code == 401
+
+        # `modelgate status` from inside the stack: nginx and every service ready.
+        parts = ("nginx", "auth", "inference", "crypto")
+        status = clone.cli("status")
+        rows = [line.split() for line in status.splitlines()]
+        states = {row[0]: row[1] for row in rows if len(row) > 1 and row[0] in parts}
+        assert states == dict.fromkeys(parts, "ok"), status
+
     # Down and up again: users (a volume) and keys (the project folder) stay.
     clone.compose("down", "--timeout", "30")
     assert clone.running() == {}
