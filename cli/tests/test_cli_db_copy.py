@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -212,7 +213,8 @@ def test_replace_swaps_the_rows_in_one_transaction(
 def _orphan_refresh_token(project: Path) -> None:
     """A row the target refuses (its family does not exist) in the last table copied
     with a foreign key: users and families are written before it fails."""
-    with sqlite3.connect(project / "var" / "data" / "users.db") as conn:
+    # sqlite3's context manager commits but does not close: closing() does.
+    with closing(sqlite3.connect(project / "var" / "data" / "users.db")) as conn, conn:
         conn.execute("PRAGMA foreign_keys=OFF")
         conn.execute(
             "INSERT INTO refresh_tokens VALUES ('ffff', 'no-such-family', 'jti', 1, 1, 1, NULL)"

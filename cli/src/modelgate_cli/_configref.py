@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin
 
 from modelgate_common import CommonSettings
 from pydantic import BaseModel
@@ -68,9 +69,19 @@ def _default(field: Any) -> str:
 
 
 def _type(annotation: Any) -> str:
-    text = str(annotation) if getattr(annotation, "__args__", None) else annotation.__name__
-    text = text.replace("typing.", "").replace("pathlib.", "").replace("<class '", "")
-    return text.replace("'>", "").replace("|", "or")
+    """A field's type by the names a reader knows (``Path or None``), built from the
+    annotation's parts rather than its repr, whose module paths differ between Python
+    versions (``pathlib.Path`` is ``pathlib._local.Path`` on 3.13)."""
+    if annotation is type(None):
+        return "None"
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin is Union or origin is UnionType:
+        return " or ".join(_type(arg) for arg in args)
+    if origin is Literal:
+        return f"Literal[{', '.join(repr(arg) for arg in args)}]"
+    if origin is not None:
+        return f"{origin.__name__}[{', '.join(_type(arg) for arg in args)}]"
+    return str(annotation.__name__)
 
 
 def _rows(cls: type[BaseSettings]) -> list[str]:
