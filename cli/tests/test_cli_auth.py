@@ -10,11 +10,13 @@ from typing import Any
 import pytest
 import redis
 from modelgate_auth.main import build_service
+from modelgate_auth.service import InvalidCredentials
 from modelgate_cli._auth import auth_settings
 from modelgate_cli._paths import ProjectPaths
 from modelgate_cli.main import app
 from modelgate_common import revoked_subject_key
 from sqlalchemy import text
+from sqlalchemy.exc import OperationalError
 from typer.testing import CliRunner
 
 runner = CliRunner()
@@ -41,14 +43,33 @@ def _cli(*args: str, input: str | None = None) -> Any:
 
 
 def _login_ok(username: str, password: str) -> bool:
+    """Whether the password grant accepts the pair. Only the service's refusal of the
+    credentials counts as "no": any other exception (a crash) fails the test."""
     service, _ = build_service(auth_settings(ProjectPaths.from_env()))
     try:
         service.login(username, password, "", None)
-    except Exception:
+    except InvalidCredentials:
         return False
     finally:
         service.engine.dispose()
     return True
+
+
+def test_a_crashing_sign_in_is_not_taken_for_a_refusal(project: Path) -> None:
+    """The negative checks below (``not _login_ok(...)``) must not pass because the code
+    crashed: a sign-in that fails for another reason than the credentials raises."""
+    _first_admin(project)
+    password = (project / "secrets" / "admin_password").read_text().strip()
+    assert _login_ok("admin", password)
+    assert not _login_ok("admin", "not-the-admin-password")
+    service, _ = build_service(auth_settings(ProjectPaths.from_env()))
+    try:
+        with service.engine.begin() as conn:
+            conn.execute(text("DROP TABLE refresh_tokens"))  # issuing a token now crashes
+    finally:
+        service.engine.dispose()
+    with pytest.raises(OperationalError):
+        _login_ok("admin", password)
 
 
 def _first_admin(project: Path) -> None:

@@ -4,14 +4,16 @@ and sign-in is refused (503), not failed open, while Redis is unreachable."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
-from auth_testlib import ADMIN_PASSWORD, login, make_settings
+from auth_testlib import ADMIN_PASSWORD, USER_PASSWORD, login, make_settings
 from fastapi.testclient import TestClient
 from modelgate_auth.main import create_app
 from modelgate_common import RateLimitSettings
@@ -19,7 +21,9 @@ from modelgate_common import RateLimitSettings
 
 @pytest.fixture
 def limited(tmp_path: Path, redis_server: Any) -> Iterator[TestClient]:
-    settings = make_settings(tmp_path, redis_server.url)
+    # Every request comes from one address, familiar after the first sign-in: a familiar
+    # address's own allowance of failures is one, so the name's cap shows here.
+    settings = make_settings(tmp_path, redis_server.url, familiar_address_failures=1)
     settings.common.ratelimit = RateLimitSettings(login="5/minute", login_failures="3/hour")
     with TestClient(create_app(settings)) as client:
         yield client
@@ -78,3 +82,115 @@ def test_sign_in_refused_while_redis_is_down(
         time.sleep(0.05)
     assert ready["checks"]["rate_limits"]["status"] == "ok"
     assert login(limited, "admin", ADMIN_PASSWORD).status_code == 200
+
+
+# -- familiar addresses: strangers cannot lock a user out ---------------------------------
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def lockable_settings(tmp_path: Path, redis_url: str, **auth: Any) -> Any:
+    settings = make_settings(tmp_path, redis_url, **auth)
+    # Plenty per address (every attempt below comes from its own); 3 failures per name.
+    settings.common.ratelimit = RateLimitSettings(login="100/minute", login_failures="3/hour")
+    return settings
+
+
+@contextlib.asynccontextmanager
+async def running(settings: Any) -> AsyncIterator[Callable[[str], httpx.AsyncClient]]:
+    """The app with its lifespan, and clients that each come from an address of their own."""
+    app = create_app(settings)
+    clients: list[httpx.AsyncClient] = []
+
+    def from_address(ip: str) -> httpx.AsyncClient:
+        transport = httpx.ASGITransport(app=app, client=(ip, 40000))
+        client = httpx.AsyncClient(transport=transport, base_url="http://auth")
+        clients.append(client)
+        return client
+
+    async with app.router.lifespan_context(app):
+        try:
+            yield from_address
+        finally:
+            for client in clients:
+                await client.aclose()
+
+
+async def sign_in(client: httpx.AsyncClient, username: str, password: str) -> int:
+    form = {"grant_type": "password", "username": username, "password": password}
+    return (await client.post("/auth/token", data=form)).status_code
+
+
+def audit_events(tmp_path: Path, event: str) -> list[dict[str, Any]]:
+    lines = (tmp_path / "var" / "log" / "audit.jsonl").read_text().splitlines()
+    return [e for e in map(json.loads, lines) if e.get("audit") == event]
+
+
+@pytest.mark.anyio
+async def test_strangers_spending_the_name_budget_do_not_lock_the_user_out(
+    tmp_path: Path, redis_server: Any
+) -> None:
+    """Strangers spend admin's failure budget from three addresses: a new address meets the
+    cap even with the right password, but admin still signs in from the address admin
+    used before."""
+    async with running(lockable_settings(tmp_path, redis_server.url)) as from_address:
+        home = from_address("10.1.1.1")
+        assert await sign_in(home, "admin", ADMIN_PASSWORD) == 200
+        for n in range(3):
+            assert await sign_in(from_address(f"203.0.113.{n}"), "admin", "wrong-guess") == 400
+        assert await sign_in(from_address("203.0.113.50"), "admin", "another-guess") == 429
+        # The cap holds for a new address whatever the password (no oracle either).
+        assert await sign_in(from_address("203.0.113.51"), "admin", ADMIN_PASSWORD) == 429
+        assert await sign_in(home, "admin", ADMIN_PASSWORD) == 200
+        assert await sign_in(from_address("10.1.1.1"), "admin", ADMIN_PASSWORD) == 200
+    [throttled, *_] = audit_events(tmp_path, "login_throttled")
+    assert (throttled["user"], throttled["reason"]) == ("admin", "user")
+    assert [e["client_ip"] for e in audit_events(tmp_path, "login_familiar_address")] == [
+        "10.1.1.1",
+        "10.1.1.1",
+    ]
+
+
+@pytest.mark.anyio
+async def test_guessing_from_a_familiar_address_meets_its_own_small_cap(
+    tmp_path: Path, redis_server: Any
+) -> None:
+    """Someone sharing the user's address (one NAT) gets only ``familiar_address_failures``
+    password checks an hour there once the name's budget is spent."""
+    settings = lockable_settings(tmp_path, redis_server.url, familiar_address_failures=2)
+    async with running(settings) as from_address:
+        shared = from_address("10.2.2.2")
+        assert await sign_in(shared, "admin", ADMIN_PASSWORD) == 200
+        for n in range(3):
+            assert await sign_in(from_address(f"198.51.100.{n}"), "admin", "wrong-guess") == 400
+        assert await sign_in(shared, "admin", "guess-one") == 400
+        assert await sign_in(shared, "admin", "guess-two") == 400
+        assert await sign_in(shared, "admin", ADMIN_PASSWORD) == 429
+
+
+@pytest.mark.anyio
+async def test_familiar_addresses_are_bounded_and_not_inherited_by_a_re_created_name(
+    tmp_path: Path, redis_server: Any
+) -> None:
+    settings = lockable_settings(tmp_path, redis_server.url, familiar_addresses_kept=2)
+    async with running(settings) as from_address:
+        office = from_address("10.3.3.1")
+        token = await office.post(
+            "/auth/token", data={"username": "admin", "password": ADMIN_PASSWORD}
+        )
+        admin = {"Authorization": f"Bearer {token.json()['access_token']}"}
+        body = {"username": "alice", "password": USER_PASSWORD}
+        assert (await office.post("/auth/users", json=body, headers=admin)).status_code == 201
+        first, second, third = (from_address(f"10.3.3.{n}") for n in (2, 3, 4))
+        for client in (first, second, third):
+            assert await sign_in(client, "alice", USER_PASSWORD) == 200
+        for n in range(3):
+            assert await sign_in(from_address(f"192.0.2.{n}"), "alice", "wrong-guess") == 400
+        # Two kept: the oldest of the three is forgotten.
+        assert await sign_in(first, "alice", USER_PASSWORD) == 429
+        assert await sign_in(third, "alice", USER_PASSWORD) == 200
+        # A new alice starts with no familiar address (they belong to the user id).
+        assert (await office.delete("/auth/users/alice", headers=admin)).status_code == 204
+        assert (await office.post("/auth/users", json=body, headers=admin)).status_code == 201
+        assert await sign_in(third, "alice", USER_PASSWORD) == 429

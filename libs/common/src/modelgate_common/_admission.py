@@ -39,7 +39,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType, TracebackType
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import redis.asyncio as aioredis
 from fastapi import Request, Security
@@ -321,6 +321,28 @@ class _Limit:
 
 
 # -- the admission of one worker ------------------------------------------------------------
+
+
+class SignInExemption(Protocol):
+    """The service's say on a sign-in whose user name has spent its failure budget.
+
+    The budget stops guessing spread over many addresses, but anyone can spend it, so the
+    service may let the real user through (e.g. from an address that user signed in from
+    before). Passed to ``Admission.sign_in`` by the service's sign-in route."""
+
+    async def allows(self, username: str, client_ip: str) -> bool:
+        """May this attempt reach the password check although the name's budget is spent?"""
+        ...
+
+    async def failed(self, username: str, client_ip: str) -> None:
+        """The attempt's password check failed (after the name's failure was counted)."""
+        ...
+
+    async def audit_name(self, username: str) -> str:
+        """The user name as the audit log may show it (never what a stranger typed)."""
+        ...
+
+
 class Admission:
     """Every limit of one worker: Redis-backed, with the per-worker fallback."""
 
@@ -408,11 +430,16 @@ class Admission:
 
     @asynccontextmanager
     async def sign_in(
-        self, client: str, user: str, failures: tuple[type[Exception], ...]
+        self,
+        client: str,
+        user: str,
+        failures: tuple[type[Exception], ...],
+        exemption: SignInExemption | None = None,
     ) -> AsyncIterator[None]:
         """A password check: the client's ``login`` budget and the user name's
         ``login_failures`` budget before it (a refused attempt never reaches the
-        password), one failure counted when the block raises one of ``failures``."""
+        password; ``exemption`` may let one past a spent name budget), one failure
+        counted when the block raises one of ``failures``."""
         try:
             await self.admit("login", client)
         except TooManyRequests:
@@ -421,12 +448,16 @@ class Admission:
         try:
             await self.fits("login_failures", user)
         except TooManyRequests:
-            audit("login_throttled", reason="user", user=user[:64], client_ip=client)
-            raise
+            if exemption is None or not await exemption.allows(user, client):
+                name = await exemption.audit_name(user) if exemption else user[:64]
+                audit("login_throttled", reason="user", user=name, client_ip=client)
+                raise
         try:
             yield
         except failures:
             await self.spend("login_failures", user)
+            if exemption is not None:
+                await exemption.failed(user, client)
             raise
 
     # -- counting -------------------------------------------------------------------------

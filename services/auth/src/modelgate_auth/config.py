@@ -92,6 +92,25 @@ class AuthSettings(BaseSettings):
     def issuer_url(self) -> str:
         return self.public_url or f"https://localhost:{self.https_port}"
 
+    familiar_address_days: int = Field(
+        default=30,
+        ge=1,
+        le=365,
+        description="a user's successful sign-in from an address keeps it familiar this many "
+        "days: from there the user signs in even when strangers have spent the user name's "
+        "failure budget",
+    )
+    familiar_addresses_kept: int = Field(
+        default=10, ge=1, le=100, description="familiar addresses remembered per user (newest)"
+    )
+    familiar_address_failures: int = Field(
+        default=10,
+        ge=1,
+        le=1000,
+        description="failed sign-ins an hour from one familiar address before it, too, meets "
+        "the user name's spent failure budget",
+    )
+
     @model_validator(mode="after")
     def _one_database_setting(self) -> AuthSettings:
         if self.database_url and self.database_url_file:

@@ -23,6 +23,7 @@ from sqlalchemy import text
 from .clients import ClientService
 from .config import AuthSettings
 from .db import create_db_engine, make_session_factory, upgrade_schema
+from .familiar import FamiliarAddresses
 from .keys import KeyStore, Signer
 from .oauth import OAuthError, oauth_error_handler
 from .passwords import Passwords
@@ -74,6 +75,13 @@ def create_app(settings: AuthSettings | None = None) -> FastAPI:
             app.state.keystore = keystore
             app.state.hash_limiter = anyio.CapacityLimiter(settings.argon2_concurrency)
             async with shared_resources(app, settings.common):
+                app.state.sign_in_exemption = FamiliarAddresses(
+                    app.state.redis,
+                    service,
+                    days=settings.familiar_address_days,
+                    kept=settings.familiar_addresses_kept,
+                    failures=settings.familiar_address_failures,
+                )
                 publisher = RevocationPublisher(app.state.redis, service.sessions)
                 app.state.revocations = publisher
                 await publisher.sync()  # a revoked token stays revoked after a Redis restart

@@ -27,6 +27,7 @@ from slowapi.util import get_remote_address
 
 from .clients import CLIENT_ROLE, ClientAuthFailed, ClientOutcome, ClientService, client_subject
 from .db import Client, User
+from .familiar import FamiliarAddresses
 from .keys import KeyStore
 from .oauth import (
     INVALID_GRANT,
@@ -255,11 +256,15 @@ async def _password_grant(
 ) -> TokenPair:
     username = form.get("username", "")
     admission: Admission = request.app.state.admission
+    # Addresses the user signed in from before pass a user-name budget that strangers
+    # spent (see familiar.py); everyone else meets it.
+    familiar: FamiliarAddresses = request.app.state.sign_in_exemption
+    address = get_remote_address(request)
     # The client IP's and the user name's budgets, spent before any password check.
     try:
-        async with admission.sign_in(get_remote_address(request), username, (InvalidCredentials,)):
+        async with admission.sign_in(address, username, (InvalidCredentials,), familiar):
             require(form, "username", "password")
-            return await _run_hashing(
+            pair = await _run_hashing(
                 request,
                 service.login,
                 username,
@@ -271,6 +276,8 @@ async def _password_grant(
         raise OAuthError(INVALID_GRANT, exc.message) from None
     except InvalidScope as exc:
         raise OAuthError(INVALID_SCOPE, exc.message) from None
+    await familiar.remember(pair.user_id, address)
+    return pair
 
 
 async def _refresh_grant(request: Request, service: AuthService, form: dict[str, str]) -> TokenPair:
