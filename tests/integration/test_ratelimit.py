@@ -9,7 +9,6 @@ own new user, so its buckets start empty whatever ran before.
 from __future__ import annotations
 
 import json
-import secrets
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -69,9 +68,14 @@ def token_of(
 # -- sign-in ---------------------------------------------------------------------------
 @pytest.mark.native  # reads the stack's audit log
 def test_thirty_concurrent_wrong_passwords_exactly_five_reach_the_password_check(
-    base_url: str, ca_file: str, fresh_source_ip: Callable[[], str], var_dir: Path
+    base_url: str,
+    ca_file: str,
+    fresh_source_ip: Callable[[], str],
+    var_dir: Path,
+    make_user: Callable[..., dict[str, str]],
 ) -> None:
-    name = f"rl-{secrets.token_hex(5)}"
+    # A real user: the audit trail names a known user as it is (unknown names as a hash).
+    name = make_user()["username"]
     with make_client(base_url, ca_file, fresh_source_ip()) as client:
         responses = concurrently(lambda _: wrong_login(client, name), 30)
     assert Counter(r.status_code for r in responses) == {400: 5, 429: 25}
