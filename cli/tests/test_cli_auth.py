@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,18 +23,8 @@ PASSWORD = "cli-user-password-1"
 
 
 @pytest.fixture
-def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, redis_server: Any) -> Iterator[Path]:
-    monkeypatch.setenv("MG_ROOT", str(tmp_path))
-    for name in ("MG_CERTS_DIR", "MG_SECRETS_DIR", "MG_MODEL_STORE", "MG_VAR_DIR", "MG_JWKS_FILE"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("MG_REDIS_URL", redis_server.url)
-    for name, value in (("TIME_COST", "1"), ("MEMORY_KIB", "1024"), ("PARALLELISM", "1")):
-        monkeypatch.setenv(f"MG_AUTH_ARGON2_{name}", value)
-    result = runner.invoke(app, ["init"])
-    assert result.exit_code == 0, result.output
-    # The CLI signs in to Redis as auth, with the password init made.
-    redis_server.add_users((tmp_path / "secrets" / "redis_users.acl").read_text())
-    yield tmp_path
+def project(initialised_project: Path) -> Path:
+    return initialised_project
 
 
 def _cli(*args: str, input: str | None = None) -> Any:
