@@ -144,7 +144,15 @@ async def running(
     tmp_path: Path, redis_url: str, limits: RateLimitSettings, workers: int = 2
 ) -> AsyncIterator[Stack]:
     factory = TokenFactory(tmp_path)
-    settings = factory.settings(redis_url=redis_url, ratelimit=limits)
+    # The longest Redis timeouts the settings allow: a check that outlives the timeout is
+    # an outage (503 for sign-in, per-worker counting), and on a loaded machine the event
+    # loop of 30 concurrent requests can take longer than the default half second to get
+    # back to a Redis answer. The counts these tests check must not depend on that. The
+    # outages here are a stopped Redis and a closed port, which fail at once; a Redis that
+    # hangs past the timeout is test_security's test.
+    settings = factory.settings(
+        redis_url=redis_url, ratelimit=limits, redis_connect_timeout=5, redis_socket_timeout=5
+    )
     checks = Checks()
     apps = [build(settings, checks) for _ in range(workers)]
     async with AsyncExitStack() as stack:
