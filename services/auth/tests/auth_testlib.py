@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import functools
 import shutil
 import tempfile
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 from fastapi.testclient import TestClient
 from modelgate_auth.config import AuthSettings
 from modelgate_auth.keys import KeyStore
+from modelgate_auth.main import create_app
 from modelgate_common import CommonSettings
 from modelgate_common.testing import GENEROUS_LIMITS
 
@@ -66,3 +70,28 @@ def _template_keys() -> Path:
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
     KeyStore(folder / "jwt", folder / "jwks.json").ensure()
     return folder
+
+
+@contextlib.asynccontextmanager
+async def running(settings: Any) -> AsyncIterator[Callable[[str], httpx.AsyncClient]]:
+    """The app with its lifespan, and clients that each come from an address of their own."""
+    app = create_app(settings)
+    clients: list[httpx.AsyncClient] = []
+
+    def from_address(ip: str) -> httpx.AsyncClient:
+        transport = httpx.ASGITransport(app=app, client=(ip, 40000))
+        client = httpx.AsyncClient(transport=transport, base_url="http://auth")
+        clients.append(client)
+        return client
+
+    async with app.router.lifespan_context(app):
+        try:
+            yield from_address
+        finally:
+            for client in clients:
+                await client.aclose()
+
+
+async def sign_in(client: httpx.AsyncClient, username: str, password: str) -> int:
+    form = {"grant_type": "password", "username": username, "password": password}
+    return (await client.post("/auth/token", data=form)).status_code

@@ -4,16 +4,14 @@ and sign-in is refused (503), not failed open, while Redis is unreachable."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
-from auth_testlib import ADMIN_PASSWORD, USER_PASSWORD, login, make_settings
+from auth_testlib import ADMIN_PASSWORD, USER_PASSWORD, login, make_settings, running, sign_in
 from fastapi.testclient import TestClient
 from modelgate_auth.main import create_app
 from modelgate_common import RateLimitSettings
@@ -95,31 +93,6 @@ def lockable_settings(tmp_path: Path, redis_url: str, **auth: Any) -> Any:
     # Plenty per address (every attempt below comes from its own); 3 failures per name.
     settings.common.ratelimit = RateLimitSettings(login="100/minute", login_failures="3/hour")
     return settings
-
-
-@contextlib.asynccontextmanager
-async def running(settings: Any) -> AsyncIterator[Callable[[str], httpx.AsyncClient]]:
-    """The app with its lifespan, and clients that each come from an address of their own."""
-    app = create_app(settings)
-    clients: list[httpx.AsyncClient] = []
-
-    def from_address(ip: str) -> httpx.AsyncClient:
-        transport = httpx.ASGITransport(app=app, client=(ip, 40000))
-        client = httpx.AsyncClient(transport=transport, base_url="http://auth")
-        clients.append(client)
-        return client
-
-    async with app.router.lifespan_context(app):
-        try:
-            yield from_address
-        finally:
-            for client in clients:
-                await client.aclose()
-
-
-async def sign_in(client: httpx.AsyncClient, username: str, password: str) -> int:
-    form = {"grant_type": "password", "username": username, "password": password}
-    return (await client.post("/auth/token", data=form)).status_code
 
 
 def audit_events(tmp_path: Path, event: str) -> list[dict[str, Any]]:

@@ -8,7 +8,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from auth_testlib import ADMIN_PASSWORD, USER_PASSWORD, bearer, login, make_settings
+from auth_testlib import (
+    ADMIN_PASSWORD,
+    USER_PASSWORD,
+    bearer,
+    login,
+    make_settings,
+    running,
+    sign_in,
+)
 from fastapi.testclient import TestClient
 from modelgate_auth.config import AuthSettings
 from modelgate_auth.main import create_app
@@ -378,29 +386,39 @@ def test_hash_is_upgraded_when_the_parameters_change(tmp_path: Path, redis_url: 
     assert "$m=2048,t=2,p=1$" in _password_hash(settings, "admin")
 
 
-def test_current_password_guesses_count_as_failed_sign_ins(tmp_path: Path, redis_url: str) -> None:
+@pytest.mark.anyio
+async def test_current_password_guesses_count_as_failed_sign_ins(
+    tmp_path: Path, redis_url: str
+) -> None:
     settings = make_settings(tmp_path, redis_url)
     settings.common.ratelimit = RateLimitSettings(login="100/minute", login_failures="3/hour")
-    with TestClient(create_app(settings)) as client:
-        admin = login(client, "admin", ADMIN_PASSWORD).json()["access_token"]
+    async with running(settings) as from_address:
+        home = from_address("10.3.3.3")
+        form = {"grant_type": "password", "username": "admin", "password": ADMIN_PASSWORD}
+        admin = (await home.post("/auth/token", data=form)).json()["access_token"]
         body = {"username": "alice", "password": USER_PASSWORD}
-        client.post("/auth/users", json=body, headers=bearer(admin))
-        headers = bearer(login(client, "alice", USER_PASSWORD).json()["access_token"])
+        await home.post("/auth/users", json=body, headers=bearer(admin))
+        form = {"grant_type": "password", "username": "alice", "password": USER_PASSWORD}
+        headers = bearer((await home.post("/auth/token", data=form)).json()["access_token"])
         guesses = [
-            client.patch(
-                "/auth/users/me",
-                json={"password": "a-new-password-123", "current_password": f"guess-{i}-xxxx"},
-                headers=headers,
+            (
+                await home.patch(
+                    "/auth/users/me",
+                    json={"password": "a-new-password-123", "current_password": f"guess-{i}-xxxx"},
+                    headers=headers,
+                )
             ).status_code
             for i in range(3)
         ]
         assert guesses == [403, 403, 403]
         right = {"password": "a-new-password-123", "current_password": USER_PASSWORD}
-        assert client.patch("/auth/users/me", json=right, headers=headers).status_code == 429
-        # The user name's sign-in budget is the same one.
-        assert login(client, "alice", USER_PASSWORD).status_code == 429
+        assert (await home.patch("/auth/users/me", json=right, headers=headers)).status_code == 429
+        # The user name's sign-in budget is the same one: spent for every new address...
+        assert await sign_in(from_address("10.4.4.4"), "alice", USER_PASSWORD) == 429
+        # ...while the address alice signed in from before still lets her in.
+        assert await sign_in(home, "alice", USER_PASSWORD) == 200
         # A full-name change needs no password and is not throttled.
-        named = client.patch("/auth/users/me", json={"full_name": "Alice"}, headers=headers)
+        named = await home.patch("/auth/users/me", json={"full_name": "Alice"}, headers=headers)
         assert named.status_code == 200
 
 
