@@ -88,8 +88,16 @@ def test_a_clean_clone_comes_up_with_docker_compose_alone(
     assert not (root / ".env").exists()
     init = clone.exited("init")
     assert init["State"]["ExitCode"] == 0
-    for service, c in clone.containers().items():
-        assert c["Config"]["User"].split(":")[0] == "10001", service
+    # The services and nginx run as MG_UID (10001 by default), never as the clone's owner;
+    # Redis as its image's own unprivileged user.
+    users = {service: c["Config"]["User"] for service, c in clone.containers().items()}
+    assert users == {
+        "nginx": "10001:10001",
+        "auth": "10001:10001",
+        "inference": "10001:10001",
+        "crypto": "10001:10001",
+        "redis": "redis",
+    }, users
 
     admin_password = password_file.read_text()
     with make_client(base_url, ca_file) as client:
