@@ -66,6 +66,15 @@ if [[ $(cat "$WHEELS/.lock-sha256" 2>/dev/null) != "$lock_sum" ]]; then
         { grep -v '^WARNING: Location' "$WORK/wheels.log" >&2; die "wheel download failed"; }
     echo "$lock_sum" >"$WHEELS/.lock-sha256"
 fi
+# The build backend `pip install -e .` needs (pyproject.toml's build-system), fetched as
+# pip's build isolation fetches it on a host with an index.
+if ! compgen -G "$WHEELS/setuptools-*.whl" >/dev/null; then
+    mapfile -t backend < <("$MG_VENV/bin/python" -c \
+        'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["build-system"]["requires"], sep="\n")')
+    "$MG_VENV/bin/pip" download -q --disable-pip-version-check --only-binary=:all: --no-deps \
+        "${backend[@]}" -d "$WHEELS" >>"$WORK/wheels.log" 2>&1 ||
+        { grep -v '^WARNING: Location' "$WORK/wheels.log" >&2; die "build backend download failed"; }
+fi
 phase "wheels: $(find "$WHEELS" -name '*.whl' | wc -l) in $WHEELS"
 
 # The committed tree, as a clean clone has it.
