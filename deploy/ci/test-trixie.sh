@@ -18,7 +18,7 @@ TIER=trixie
 . deploy/docker-lib.sh
 
 STANDIN_TRIXIE=modelgate-standin/debian:trixie
-IMAGE=modelgate-ci/trixie-python:1
+IMAGE=modelgate-ci/trixie-python:2
 # Kept outside the clone so another run on this machine reuses them.
 WHEELS="${MG_TRIXIE_WHEELS:-/var/tmp/modelgate-wheels-py313}"
 CONTAINER="modelgate-trixie-$$"
