@@ -90,6 +90,9 @@ def anyio_backend() -> str:
 
 def lockable_settings(tmp_path: Path, redis_url: str, **auth: Any) -> Any:
     settings = make_settings(tmp_path, redis_url, **auth)
+    # Redis answers count here, not how fast a loaded machine returns to them: the longest
+    # timeouts the settings allow (an outage in these tests is a stopped Redis).
+    settings.common.redis_connect_timeout = settings.common.redis_socket_timeout = 5
     # Plenty per address (every attempt below comes from its own); 3 failures per name.
     settings.common.ratelimit = RateLimitSettings(login="100/minute", login_failures="3/hour")
     return settings

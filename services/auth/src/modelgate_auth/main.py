@@ -85,16 +85,17 @@ def create_app(settings: AuthSettings | None = None) -> FastAPI:
                 publisher = RevocationPublisher(app.state.redis, service.sessions)
                 app.state.revocations = publisher
                 await publisher.sync()  # a revoked token stays revoked after a Redis restart
-                task = asyncio.create_task(publisher.run(settings.revocation_sync_interval))
-                housekeeping = asyncio.create_task(_housekeeping(service, publisher))
+                stop = asyncio.Event()
+                background = [
+                    asyncio.create_task(publisher.run(settings.revocation_sync_interval, stop)),
+                    asyncio.create_task(_housekeeping(service, publisher, stop)),
+                ]
                 _add_checks(app.state.health, service)
                 try:
                     yield
                 finally:
-                    for background in (task, housekeeping):
-                        background.cancel()
-                        with contextlib.suppress(asyncio.CancelledError):
-                            await background
+                    stop.set()
+                    await asyncio.gather(*background)
         finally:
             service.engine.dispose()
 
@@ -107,16 +108,20 @@ def create_app(settings: AuthSettings | None = None) -> FastAPI:
 
 
 async def _housekeeping(
-    service: AuthService, publisher: RevocationPublisher, interval: float = 3600.0
+    service: AuthService,
+    publisher: RevocationPublisher,
+    stop: asyncio.Event,
+    interval: float = 3600.0,
 ) -> None:
-    """Hourly: drop revocations and refresh tokens that have expired."""
-    while True:
+    """Hourly until ``stop`` is set: drop revocations and refresh tokens that have expired."""
+    while not stop.is_set():
         try:
             await anyio.to_thread.run_sync(publisher.prune)
             await anyio.to_thread.run_sync(service.prune_refresh_tokens)
         except Exception as exc:  # a busy database now is not fatal; try next time
             log.warning("housekeeping failed", extra={"reason": type(exc).__name__})
-        await asyncio.sleep(interval)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), interval)
 
 
 def _add_checks(checks: HealthChecks, service: AuthService) -> None:
