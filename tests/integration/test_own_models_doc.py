@@ -10,6 +10,7 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -25,7 +26,7 @@ def blocks(language: str) -> list[str]:
     return re.findall(rf"```{language}\n(.*?)```", DOC.read_text(), flags=re.S)
 
 
-def test_doc_examples_run(base_url: str) -> None:
+def test_doc_examples_run(base_url: str, fresh_source_ip: Callable[[], str]) -> None:
     store = Path(os.environ.get("MG_MODEL_STORE", ROOT / "model_store"))
     venv = Path(os.environ.get("MG_VENV", ROOT / ".venv"))
     taken = [name for name in MODELS if (store / name).exists()]
@@ -44,7 +45,10 @@ def test_doc_examples_run(base_url: str) -> None:
             )  # fmt: skip
             assert done.returncode == 0, done.stderr
         # each answer on a line of its own (curl prints no newline); commands unchanged
-        script = 'set -euo pipefail\ncurl() { command curl "$@"; echo; }\n'
+        # curl signs in from a loopback address of its own: the per-address sign-in limit
+        # is spent by other tests' sign-ins from 127.0.0.1.
+        source = fresh_source_ip()
+        script = f'set -euo pipefail\ncurl() {{ command curl --interface {source} "$@"; echo; }}\n'
         script += "\n".join(blocks("sh"))
         done = subprocess.run(
             ["bash", "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,

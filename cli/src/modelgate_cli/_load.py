@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 LOAD_SCOPE = "models:admin"
+# A refused sign-in (429, the per-address sign-in limit) is tried again after the server's
+# Retry-After, a few times, rather than failing a load that only came too soon.
+SIGN_IN_ATTEMPTS = 4
+MAX_RETRY_AFTER = 65.0
 
 
 class LoadFailed(Exception):
@@ -21,6 +27,14 @@ def _detail(response: httpx.Response) -> str:
         return f"HTTP {response.status_code}"
     message = body.get("detail") or body.get("error") or body.get("message") or body
     return f"HTTP {response.status_code}: {message}"
+
+
+def _retry_after(response: httpx.Response) -> float:
+    try:
+        seconds = float(response.headers.get("retry-after", "1"))
+    except ValueError:
+        seconds = 1.0
+    return min(max(seconds, 1.0), MAX_RETRY_AFTER)
 
 
 def load_over_https(
@@ -41,11 +55,17 @@ def load_over_https(
     extensions = {"sni_hostname": server_name} if server_name else {}
     try:
         with httpx.Client(base_url=base, verify=verify, timeout=timeout) as client:
-            signed_in = client.post(
-                "/auth/token",
-                data={"username": user, "password": password, "scope": LOAD_SCOPE},
-                extensions=extensions,
-            )
+            for attempt in range(1, SIGN_IN_ATTEMPTS + 1):
+                signed_in = client.post(
+                    "/auth/token",
+                    data={"username": user, "password": password, "scope": LOAD_SCOPE},
+                    extensions=extensions,
+                )
+                if signed_in.status_code != 429 or attempt == SIGN_IN_ATTEMPTS:
+                    break
+                wait = _retry_after(signed_in)
+                print(f"sign-in limited; trying again in {wait:g} s", file=sys.stderr)
+                time.sleep(wait)
             if signed_in.status_code != 200:
                 raise LoadFailed(f"signing in as {user} failed ({_detail(signed_in)})")
             tokens = signed_in.json()
