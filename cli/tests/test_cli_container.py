@@ -201,22 +201,33 @@ def test_publish_follows_rotations_atomically_and_leaves_unchanged_files_alone(
     assert not [p for p in publish.rglob(".*")]  # no staging file left
 
 
-@as_root
-def test_entry_point_runs_init_as_the_project_owner_and_hands_out_copies(
-    open_tmp: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    tmp_path = open_tmp
+def _owned_project(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *services: str
+) -> tuple[Path, Path, Path]:
+    """A project folder owned by OWNER, publish folders for ``services`` and a var folder,
+    wired into the container entry point; (project, publish, var)."""
     project, publish, var = tmp_path / "project", tmp_path / "publish", tmp_path / "var"
     for folder in ("certs", "secrets", "model_store"):
         (project / folder).mkdir(parents=True)
     os.chown(project, OWNER, OWNER)
     for folder in project.iterdir():
         os.chown(folder, OWNER, OWNER)
-    for service in ("nginx", "auth", "inference", "crypto"):
+    for service in services:
         (publish / service).mkdir(parents=True)
     (var / "data").mkdir(parents=True)
     monkeypatch.setattr(container, "PROJECT", project)
     monkeypatch.setattr(container, "PUBLISH", publish)
+    return project, publish, var
+
+
+@as_root
+def test_entry_point_runs_init_as_the_project_owner_and_hands_out_copies(
+    open_tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tmp_path = open_tmp
+    project, publish, var = _owned_project(
+        tmp_path, monkeypatch, "nginx", "auth", "inference", "crypto"
+    )
     monkeypatch.setattr(container, "VAR", var)
     monkeypatch.setenv("MG_UID", "10001")
     monkeypatch.setenv("MG_GID", "10001")
@@ -247,17 +258,7 @@ def test_entry_point_runs_user_commands_as_the_containers_user(
     open_tmp: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
 ) -> None:
     tmp_path = open_tmp
-    project, publish, var = tmp_path / "project", tmp_path / "publish", tmp_path / "var"
-    for folder in ("certs", "secrets", "model_store"):
-        (project / folder).mkdir(parents=True)
-    os.chown(project, OWNER, OWNER)
-    for folder in project.iterdir():
-        os.chown(folder, OWNER, OWNER)
-    for service in ("auth",):
-        (publish / service).mkdir(parents=True)
-    (var / "data").mkdir(parents=True)
-    monkeypatch.setattr(container, "PROJECT", project)
-    monkeypatch.setattr(container, "PUBLISH", publish)
+    _, _, var = _owned_project(tmp_path, monkeypatch, "auth")
     monkeypatch.setattr(container, "VAR", var)
     monkeypatch.setenv("MG_UID", "10001")
     monkeypatch.setenv("MG_GID", "10001")
