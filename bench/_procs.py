@@ -119,6 +119,14 @@ def label_of(proc: psutil.Process) -> str:
     for service in ("auth", "inference", "crypto"):
         if f"modelgate_{service}" in cmd:
             return service
+    if "gunicorn" in cmd and "ceiling_app" not in cmd:
+        # The stack's gunicorn configuration picks the service's app from MG_SERVICE.
+        try:
+            service = proc.environ().get("MG_SERVICE", "")
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            service = ""
+        if service in ("auth", "inference", "crypto"):
+            return service
     for needle, label in (
         ("ceiling_app", "ceiling"),
         ("seed_app", "seed"),

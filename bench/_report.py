@@ -15,7 +15,9 @@ import psutil
 GOAL_VS_SEED = 30.0
 GOAL_VS_MLSERVER_ADAPTIVE = 3.0
 GOAL_VS_CEILING = 0.60
-GOAL_P99_MS = 25.0
+# p99 of the full stack against the insecure ceiling's p99 in the same run: an absolute
+# latency on a shared 2-core machine measures the neighbours as much as the stack.
+GOAL_P99_VS_CEILING = 1.5
 GOAL_P99_CONNECTIONS = 64
 GOAL_BATCH_ROWS_PER_S = 100_000
 GOAL_RSS_MB = 600
@@ -109,12 +111,19 @@ def goals(
         None if vs_ceiling is None else vs_ceiling >= GOAL_VS_CEILING,
     )
     p99 = full["latency_ms"]["p99"]
+    ceiling = runs.get("ceiling")
+    ceiling_p99 = ceiling["latency_ms"]["p99"] if ceiling else None
+    at_64 = connections == GOAL_P99_CONNECTIONS
+    against = "" if ceiling_p99 is None else f" ({p99 / ceiling_p99:.2f}x the ceiling's"
     goal(
         f"full p99 at {GOAL_P99_CONNECTIONS} connections",
-        f"<= {GOAL_P99_MS:g} ms",
-        f"{p99:.1f} ms at {connections} connections",
-        (p99 <= GOAL_P99_MS) if connections == GOAL_P99_CONNECTIONS else None,
-        "" if connections == GOAL_P99_CONNECTIONS else "not evaluated: other connection count",
+        f"<= {GOAL_P99_VS_CEILING:g}x the ceiling's p99",
+        f"{p99:.1f} ms at {connections} connections"
+        + ("" if ceiling_p99 is None else f"{against} {ceiling_p99:.1f} ms)"),
+        (p99 <= GOAL_P99_VS_CEILING * ceiling_p99) if at_64 and ceiling_p99 else None,
+        ""
+        if at_64 and ceiling_p99
+        else "not evaluated: " + ("other connection count" if not at_64 else "no ceiling run"),
     )
     batch = {k: v for k, v in runs.items() if k.startswith("batch-")}
     if batch:
@@ -258,8 +267,20 @@ def chart(path: Path, doc: dict[str, Any]) -> None:
     ax.set_xscale("log")
     ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
-    ax.set_xlabel("latency, ms (log scale); dashed: the 25 ms p99 goal")
-    ax.axvline(GOAL_P99_MS, color="#e63946", linestyle="--", linewidth=1)
+    ceiling = runs.get("ceiling")
+    if ceiling:
+        ax.set_xlabel(
+            "latency, ms (log scale); dashed: the p99 goal "
+            f"({GOAL_P99_VS_CEILING:g}x the ceiling's)"
+        )
+        ax.axvline(
+            GOAL_P99_VS_CEILING * ceiling["latency_ms"]["p99"],
+            color="#e63946",
+            linestyle="--",
+            linewidth=1,
+        )
+    else:
+        ax.set_xlabel("latency, ms (log scale)")
     ax.legend(loc="lower right")
     ax.invert_yaxis()
     ax.set_title(f"Latency at {doc['client']['connections']} connections")

@@ -270,7 +270,7 @@ def ceiling(s: Settings) -> Iterator[Target]:
             log=WORK / "log" / "ceiling-nginx.log",
         )  # fmt: skip
         wait_http(
-            f"https://127.0.0.1:{s.https_port}/healthz",
+            f"https://127.0.0.1:{s.https_port}/v2/health/ready",
             timeout=30,
             verify=tls_context(s),
             alive=nginx.alive,
