@@ -185,6 +185,75 @@ def test_cached_token_still_expires(factory: TokenFactory, verifier: TokenVerifi
         verify(verifier, token)
 
 
+def test_a_verified_token_is_served_from_the_cache(
+    factory: TokenFactory, verifier: TokenVerifier
+) -> None:
+    token = factory.mint("alice")
+    first = verifier.verify_claims(token)
+    assert verifier.verify_claims(token) is first  # the same principal, not verified again
+    assert verifier.verify_claims(factory.mint("alice")) is not first
+
+
+def test_the_cache_is_bounded_and_keeps_the_recently_used(factory: TokenFactory) -> None:
+    verifier = TokenVerifier(factory.settings(), None, cache_size=2)
+    verifier.keyset.load()
+    one, two, three = (factory.mint(name) for name in ("one", "two", "three"))
+    first = verifier.verify_claims(one)
+    second = verifier.verify_claims(two)
+    assert verifier.verify_claims(one) is first  # used last: "two" is now the oldest
+    verifier.verify_claims(three)
+    assert verifier.verify_claims(one) is first
+    assert verifier.verify_claims(two) is not second  # evicted, verified anew
+    assert verifier.verify_claims(two).subject == "two"
+
+
+def test_a_token_with_a_bad_signature_is_never_cached(
+    factory: TokenFactory, verifier: TokenVerifier
+) -> None:
+    good = factory.mint("alice")
+    head, body, sig = good.split(".")
+    claims = json.loads(base64.urlsafe_b64decode(body + "=="))
+    claims["role"] = "admin"
+    forged = f"{head}.{b64(json.dumps(claims).encode())}.{sig}"
+    flipped = f"{head}.{body}.{sig[:-4]}{'AAAA' if sig[-4:] != 'AAAA' else 'BBBB'}"
+    verifier.verify_claims(good)  # the genuine token is cached: its twins must not ride on it
+    for bad in (forged, flipped):
+        for _ in range(2):  # a second try finds no cached verdict either
+            with pytest.raises(Unauthorized):
+                verifier.verify_claims(bad)
+
+
+def test_a_cached_token_that_expired_is_refused(
+    factory: TokenFactory, verifier: TokenVerifier
+) -> None:
+    verifier.settings = verifier.settings.model_copy(update={"jwt_leeway": 0})
+    now = int(time.time())
+    token = factory.mint(exp=now + 1)
+    cached = verifier.verify_claims(token)
+    assert verifier.verify_claims(token) is cached
+    time.sleep(max(0.0, now + 1.05 - time.time()))
+    with pytest.raises(Unauthorized, match="expired"):
+        verifier.verify_claims(token)
+
+
+def test_a_cached_token_revoked_later_is_refused(factory: TokenFactory, redis_server: Any) -> None:
+    settings = factory.settings(redis_url=redis_server.url)
+
+    async def scenario() -> None:
+        redis = create_redis(settings)
+        verifier = TokenVerifier(settings, redis)
+        verifier.keyset.load()
+        token = factory.mint("alice")
+        principal = await verifier.verify(token)
+        assert verifier.verify_claims(token).token_id == principal.token_id  # cached
+        await redis.set(revoked_jti_key(principal.token_id), b"1", ex=60)
+        with pytest.raises(Unauthorized, match="revoked"):
+            await verifier.verify(token)
+        await redis.aclose()
+
+    asyncio.run(scenario())
+
+
 def test_revocation_by_jti_and_by_subject(factory: TokenFactory, redis_server: Any) -> None:
     settings = factory.settings(redis_url=redis_server.url)
 

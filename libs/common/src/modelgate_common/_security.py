@@ -228,9 +228,10 @@ class TokenVerifier:
         # A hung Redis would cost every request its timeout; after one failure the
         # check is skipped (per the policy) for a short cool-down.
         self._breaker = CircuitBreaker(settings.ratelimit.breaker_seconds)
-        # Verified claims by token string: a client sends the same token many times,
-        # and the RSA check is the costliest step. Expiry and revocation are still
-        # checked on every request.
+        # Verified claims by token string, least recently used first: a client sends the
+        # same token many times, and the RSA check is the costliest step. Only a token
+        # whose signature and claims verified enters; its key's presence in the JWKS,
+        # its expiry and its revocation are still checked on every request.
         self._verified: OrderedDict[str, tuple[Principal, str]] = OrderedDict()
         self._cache_size = cache_size
         # Consulted whenever Redis cannot answer a lookup, whatever the outage policy.
@@ -301,6 +302,7 @@ class TokenVerifier:
             if len(self._verified) > self._cache_size:
                 self._verified.popitem(last=False)
         else:
+            self._verified.move_to_end(token)
             principal, kid = cached
             if self.keyset.get(kid) is None:  # its key was retired since
                 self._verified.pop(token, None)
