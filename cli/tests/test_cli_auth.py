@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 import redis
+from auth_testlib import open_databases
 from modelgate_auth.main import build_service
 from modelgate_auth.service import InvalidCredentials
 from modelgate_cli._auth import auth_settings
@@ -92,6 +93,7 @@ def test_user_add_list_and_login(project: Path) -> None:
     lines = listed.output.splitlines()
     assert any(line.split()[:3] == ["carol", "user", "active"] for line in lines)
     assert "Carol" in listed.output and "<b>" not in listed.output
+    assert open_databases(project) == []  # each command closed the database it opened
     assert _login_ok("carol", PASSWORD)
 
 

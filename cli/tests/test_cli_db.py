@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from auth_testlib import open_databases
 from modelgate_cli.main import app
 from typer.testing import CliRunner
 
@@ -31,3 +32,4 @@ def test_db_current_then_upgrade(project: Path) -> None:
     after = runner.invoke(app, ["db", "current"])
     assert after.exit_code == 0
     assert ": 0004 (newest: 0004)" in after.output
+    assert open_databases(project) == []  # each command closed the database it opened

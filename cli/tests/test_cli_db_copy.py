@@ -14,7 +14,14 @@ from typing import Any
 import pytest
 import redis
 from _pytest.fixtures import SubRequest
-from auth_testlib import ADMIN_PASSWORD, USER_PASSWORD, bearer, login, make_settings
+from auth_testlib import (
+    ADMIN_PASSWORD,
+    USER_PASSWORD,
+    bearer,
+    login,
+    make_settings,
+    open_databases,
+)
 from fastapi.testclient import TestClient
 from modelgate_auth.config import AuthSettings
 from modelgate_auth.db import Base, create_db_engine, upgrade_schema
@@ -326,3 +333,15 @@ def test_the_source_itself_is_refused_as_target(project: Path, redis_server: Any
     line = _one_error_line(_copy("--to", _source_url(project), "--replace"))
     assert "the same database" in line
     assert len(_rows(_source_url(project))["users"]) == 4
+
+
+def test_copy_closes_both_databases_when_it_succeeds_and_when_it_fails(
+    project: Path, redis_server: Any
+) -> None:
+    _populate(_settings(project, redis_server))
+    assert open_databases(project) == []
+    assert _copy("--to", f"sqlite:///{project / 'copied.db'}").exit_code == 0
+    assert open_databases(project) == []
+    _orphan_refresh_token(project)
+    assert _copy("--to", f"sqlite:///{project / 'failed.db'}").exit_code == 1
+    assert open_databases(project) == []
