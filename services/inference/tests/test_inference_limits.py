@@ -90,7 +90,10 @@ async def pair(
     tmp_path: Path,
     redis_url: str,
 ) -> AsyncIterator[Workers]:
-    async with workers(make_settings, tokens, tmp_path, redis_url) as w:
+    # Redis answers count here, not how fast a loaded machine returns to them: the longest
+    # timeouts the settings allow (a slow answer would read as an outage, counted per worker).
+    timeouts = {"redis_connect_timeout": 5, "redis_socket_timeout": 5}
+    async with workers(make_settings, tokens, tmp_path, redis_url, **timeouts) as w:
         yield w
 
 
