@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Annotated, Any
 import httpx
 import pytest
 import redis.asyncio as aioredis
+import redis.exceptions
 from fastapi import APIRouter, Depends, FastAPI, Form, Request
 from fastapi.responses import JSONResponse
 from modelgate_common import (
@@ -24,6 +26,7 @@ from modelgate_common import (
     LocalWindows,
     Principal,
     RateLimitSettings,
+    ScriptPipeline,
     Unauthorized,
     admitted,
     create_service_app,
@@ -503,3 +506,125 @@ def test_per_worker_window_decays_and_shifts_with_time() -> None:
     clock.now += 200  # everything has aged out
     assert windows.hit("k", 10, 60_000, 10)[0]
     assert not windows.hit("k", 10, 60_000, 11)[0]  # a cost above the limit never fits
+
+
+# -- the script pipeline: concurrent calls in one write, the budget from the write ----------
+def _principal(subject: str) -> Principal:
+    now = int(time.time())
+    return Principal(
+        subject=subject,
+        role="user",
+        scopes=frozenset({"models:predict"}),
+        token_id=f"jti-{subject}",
+        issued_at=now,
+        expires_at=now + 600,
+        user_id="u" * 32,
+    )
+
+
+async def _our_connections(client: aioredis.Redis) -> int:
+    """Connections to Redis other than ``client``'s own."""
+    return len(await client.client_list()) - 1
+
+
+async def test_concurrent_checks_of_one_worker_share_one_connection(
+    redis_server: Any, limits: RateLimitSettings
+) -> None:
+    client = aioredis.from_url(redis_server.url)
+    admission = Admission(limits, redis_server.url)
+    try:
+        verdicts = await asyncio.gather(*(admission.admit("crypto", f"c{i}") for i in range(40)))
+        await admission.prediction(_principal("warm")).admit(1)  # the script loaded
+        await client.config_resetstat()
+        predictions = [admission.prediction(_principal(f"p{i}")) for i in range(40)]
+        await asyncio.gather(*(p.admit(2) for p in predictions))
+        stats = await client.info("commandstats")
+        connections = await _our_connections(client)
+        counted = await client.mget([f"mg:rl:inference:predict:60:cur:p{i}" for i in range(40)])
+    finally:
+        await admission.aclose()
+        await client.aclose()
+    assert all(v.shared and v.allowed and v.remaining == 1 for v in verdicts)
+    # 40 requests at once: 40 script calls, each its own, over one connection (without
+    # the pipeline, each would take a connection of its own from the pool).
+    assert int(stats["cmdstat_evalsha"]["calls"]) == 40
+    assert connections == 1
+    assert counted == [b"1"] * 40
+
+
+async def test_script_pipeline_replies_errors_and_a_forgotten_script(redis_server: Any) -> None:
+    client = aioredis.from_url(redis_server.url)
+    pipeline = ScriptPipeline(client, budget=5.0)
+    double = client.register_script("return tonumber(ARGV[1]) * 2")
+    failing = client.register_script("return redis.error_reply('refused here')")
+    try:
+        await client.script_flush()  # Redis knows no script: NOSCRIPT, loaded, sent again
+        calls = [pipeline.call(double, [], [i]) for i in range(20)]
+        calls.insert(7, pipeline.call(failing, [], []))
+        replies = await asyncio.gather(*calls, return_exceptions=True)
+        again = await pipeline.call(double, [], [21])  # loaded now
+    finally:
+        await pipeline.aclose()
+        await client.aclose()
+    error = replies.pop(7)
+    assert isinstance(error, redis.exceptions.ResponseError)
+    assert "refused here" in str(error)
+    assert replies == [i * 2 for i in range(20)]
+    assert again == 42
+
+
+async def test_a_burst_under_a_stalled_event_loop_is_no_outage(
+    redis_server: Any, limits: RateLimitSettings
+) -> None:
+    """300 predictions at once while the worker's event loop is blocked, turn after turn,
+    for longer than the Redis budget (a worker busy with other requests on a loaded
+    machine): Redis answers in time, so every call is counted in Redis, none falls back
+    to counting per worker."""
+    client = aioredis.from_url(redis_server.url)
+    admission = Admission(limits, redis_server.url, connect_timeout=0.25, socket_timeout=0.25)
+    await admission.prediction(_principal("warm")).admit(1)  # the script loaded
+
+    async def stall() -> None:
+        for _ in range(8):
+            time.sleep(0.4)  # noqa: ASYNC251  # blocks the loop on purpose, longer than the budget
+            await asyncio.sleep(0)
+
+    try:
+        predictions = [admission.prediction(_principal(f"b{i}")) for i in range(300)]
+        results = await asyncio.gather(stall(), *(p.admit(1) for p in predictions))
+        counted = await client.mget([f"mg:rl:inference:predict:60:cur:b{i}" for i in range(300)])
+        health = await admission.health()
+    finally:
+        await admission.aclose()
+        await client.aclose()
+    assert [p.subject for p in results[1:]] == [f"b{i}" for i in range(300)]
+    assert counted == [b"1"] * 300  # counted in Redis, not per worker
+    assert health.status == "ok"
+
+
+async def test_a_redis_that_never_answers_is_an_outage(limits: RateLimitSettings) -> None:
+    """A Redis that accepts connections and never answers: the checks fall back to
+    counting per worker (the outage policy), as with a stopped Redis."""
+    silent: list[asyncio.StreamWriter] = []
+
+    async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        silent.append(writer)  # reads nothing, answers nothing
+
+    server = await asyncio.start_server(accept, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    url = f"redis://127.0.0.1:{port}/0"
+    admission = Admission(limits, url, connect_timeout=0.2, socket_timeout=0.2)
+    try:
+        verdicts = await asyncio.gather(*(admission.admit("predict", "hung") for _ in range(3)))
+        principal = await admission.prediction(_principal("hung2")).admit(1)
+        health = await admission.health()
+    finally:
+        await admission.aclose()
+        for writer in silent:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+    assert [v.shared for v in verdicts] == [False] * 3
+    assert [v.remaining for v in sorted(verdicts, key=lambda v: -v.remaining)] == [3, 2, 1]
+    assert principal.subject == "hung2"
+    assert health.status == "degraded"

@@ -29,6 +29,7 @@ client wrote.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import math
@@ -48,6 +49,8 @@ from limits.aio.storage import RedisStorage
 from limits.aio.strategies import MovingWindowRateLimiter
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ._errors import ServiceUnavailable, TooManyRequests, Unauthorized
@@ -320,6 +323,126 @@ class _Limit:
         return [f"{base}:prev:{who}", f"{base}:cur:{who}"]
 
 
+# -- script calls of one event-loop turn, sent together ------------------------------------
+# The budget of a batch is waited in slices, then a few loop turns read an answer that is
+# already there (see ScriptPipeline._answer).
+_SLICES = 10
+_GRACE_TURNS = 4
+_Call = tuple[AsyncScript, Sequence[str], Sequence[int | str], "asyncio.Future[Any]"]
+
+
+class ScriptPipeline:
+    """The script calls that the concurrent requests of one worker make in one event-loop
+    turn, sent as ONE pipelined write (auto-pipelining, as ioredis does it): one system
+    call and one read for the whole batch instead of a round trip each, and the same
+    replies and errors as separate calls (a pipeline without MULTI runs each command on
+    its own). At most ``max_batch`` calls go in one write; more go in the next, on
+    another connection.
+
+    The time budget measures Redis's answer, not the queue: it starts when the batch is
+    sent, not when a caller queued its call, and when it runs out, the answer may be
+    waiting unread because the worker's event loop was busy with other requests (a
+    loaded machine): the loop then gets a few turns to read it before the calls fail.
+    A Redis that does not answer fails every call of the batch with ``TimeoutError``, a
+    broken connection with its error, as each call alone would have failed; the caller
+    applies its outage policy. A script Redis does not know (NOSCRIPT, after a restart)
+    is loaded and the calls that hit it are sent again."""
+
+    def __init__(self, client: aioredis.Redis, budget: float, max_batch: int = 128) -> None:
+        self._client = client
+        self._budget = budget
+        self._max_batch = max_batch
+        self._batch: list[_Call] = []
+        self._sending: set[asyncio.Task[None]] = set()
+
+    async def call(
+        self, script: AsyncScript, keys: Sequence[str], args: Sequence[int | str]
+    ) -> Any:
+        """The reply of ``script`` run on ``keys`` and ``args`` (raises what Redis or the
+        connection raised, or ``TimeoutError``)."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._batch.append((script, keys, args, future))
+        if len(self._batch) == 1:
+            loop.call_soon(self._flush)  # once every request ready in this turn has run
+        elif len(self._batch) >= self._max_batch:
+            self._flush()
+        return await future
+
+    def _flush(self) -> None:
+        batch, self._batch = self._batch, []
+        if batch:
+            task = asyncio.get_running_loop().create_task(self._send(batch))
+            self._sending.add(task)
+            task.add_done_callback(self._sending.discard)
+
+    async def _send(self, batch: list[_Call]) -> None:
+        try:
+            replies = await self._answer(self._execute(batch))
+            missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+            if missing:
+                scripts = {batch[i][0].sha: batch[i][0].script for i in missing}
+                for text in scripts.values():
+                    await self._answer(self._client.script_load(text))
+                again = await self._answer(self._execute([batch[i] for i in missing]))
+                for i, reply in zip(missing, again, strict=True):
+                    replies[i] = reply
+            for (*_, future), reply in zip(batch, replies, strict=True):
+                if future.done():  # the caller went away (its request was cancelled)
+                    continue
+                if isinstance(reply, Exception):
+                    future.set_exception(reply)
+                else:
+                    future.set_result(reply)
+        except Exception as exc:  # no answer (timeout, connection): every call failed
+            for *_, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+        finally:  # cancelled (the worker stops): no caller waits forever
+            for *_, future in batch:
+                if not future.done():
+                    future.set_exception(ConnectionError("the script call was abandoned"))
+
+    async def aclose(self) -> None:
+        for task in list(self._sending):
+            task.cancel()
+        await asyncio.gather(*self._sending, return_exceptions=True)
+        await self._client.connection_pool.disconnect()
+
+    async def _execute(self, calls: Sequence[_Call]) -> list[Any]:
+        async with self._client.pipeline(transaction=False) as pipe:
+            for script, keys, args, _ in calls:
+                pipe.evalsha(script.sha, len(keys), *keys, *args)
+            return list(await pipe.execute(raise_on_error=False))
+
+    async def _answer(self, awaitable: Awaitable[Any]) -> Any:
+        """``awaitable``'s result within the budget, counted from now in time the event
+        loop was free to read the answer. The budget is waited in ``_SLICES`` slices; a
+        slice's timer that fires late (the loop was busy with other requests) counts for
+        the slice only, and an answer that arrived meanwhile is read in the next few
+        turns, so a stalled loop stretches the wait (to at most ``_SLICES`` stalls) but
+        is never taken for a Redis that does not answer."""
+        task = asyncio.ensure_future(awaitable)
+        step = self._budget / _SLICES
+        try:
+            for _ in range(_SLICES):
+                done, _ = await asyncio.wait({task}, timeout=step)
+                if done:
+                    break
+            for _ in range(_GRACE_TURNS):
+                if task.done():
+                    break
+                await asyncio.sleep(0)  # one turn: the loop reads the sockets that are ready
+        finally:
+            if not task.done():  # timed out, or this send was cancelled
+                task.cancel()  # redis-py closes a connection cancelled mid-reply
+                with contextlib.suppress(BaseException):
+                    await task
+        if task.cancelled():
+            raise TimeoutError(f"no answer from Redis within {self._budget:g} s")
+        return task.result()
+
+
 # -- the admission of one worker ------------------------------------------------------------
 
 
@@ -373,7 +496,22 @@ class Admission:
         # One bound for a whole check, however many round trips or reconnects it takes.
         self._budget = max(connect_timeout, socket_timeout)
         self._client = aioredis.Redis(connection_pool=self._pool)
-        # EVALSHA, loading the script on NOSCRIPT (a restarted Redis forgets it).
+        # The sliding-window scripts (every per-subject limit, every prediction) go through
+        # the script pipeline, on connections of their own without timeouts of redis-py's:
+        # the pipeline's budget bounds a batch, connecting included (see ScriptPipeline).
+        self._scripts = ScriptPipeline(
+            aioredis.Redis(
+                connection_pool=aioredis.ConnectionPool.from_url(
+                    redis_url,
+                    **(credentials or {}),
+                    socket_connect_timeout=None,
+                    socket_timeout=None,
+                    retry=Retry(NoBackoff(), 1),
+                    health_check_interval=0,
+                )
+            ),
+            self._budget,
+        )
         self._admit_script = self._client.register_script(_ADMIT_LUA)
         self._prediction_script = self._client.register_script(_PREDICTION_LUA)
         self._moving = MovingWindowRateLimiter(
@@ -467,11 +605,11 @@ class Admission:
         limit = self.limit(name, role)
         if not self.breaker.open:
             try:
-                async with asyncio.timeout(self._budget):
-                    if policy.window == "moving":
+                if policy.window == "moving":
+                    async with asyncio.timeout(self._budget):
                         verdict = await self._moving_window(limit, name, who, cost, charge)
-                    else:
-                        verdict = await self._shared_window(limit, name, policy, who, cost)
+                else:  # bounded by the script pipeline's budget
+                    verdict = await self._shared_window(limit, name, policy, who, cost)
             except Exception as exc:  # any storage failure: apply the outage policy
                 self._store_failed(exc)
             else:
@@ -507,7 +645,7 @@ class Admission:
     ) -> Verdict:
         keys = limit.keys(name, policy, who)
         args = [limit.amount, limit.period * 1000, cost]
-        reply = await self._admit_script(keys=keys, args=args)
+        reply = await self._scripts.call(self._admit_script, keys, args)
         allowed, *window = (int(v) for v in reply)
         return _sliding_verdict(limit.amount, limit.period, cost, bool(allowed), window, True)
 
@@ -560,8 +698,7 @@ class Admission:
                 principal.issued_at,
             ]
             try:
-                async with asyncio.timeout(self._budget):
-                    reply = await self._prediction_script(keys=script_keys, args=args)
+                reply = await self._scripts.call(self._prediction_script, script_keys, args)
             except Exception as exc:  # any storage failure: both outage policies
                 self._store_failed(exc)
                 if keys is not None:
@@ -625,6 +762,7 @@ class Admission:
         )
 
     async def aclose(self) -> None:
+        await self._scripts.aclose()
         await self._pool.aclose()
 
 
