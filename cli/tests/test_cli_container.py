@@ -133,6 +133,10 @@ def project_files(project: Path) -> None:
         "secrets/model_signing_key.pub": "public",
         "secrets/postgres_password": "pg",
         "secrets/database_url": "postgresql://",
+        "secrets/redis_auth_password": "auth's",
+        "secrets/redis_inference_password": "inference's",
+        "secrets/redis_crypto_password": "crypto's",
+        "secrets/redis_users.acl": "user auth on #...",
     }.items():
         (project / relative).write_text(text)
         (project / relative).chmod(0o600)
@@ -146,10 +150,11 @@ def listing(folder: Path) -> set[str]:
 def test_publish_gives_each_mounted_service_its_own_files(tmp_path: Path) -> None:
     project, publish = tmp_path / "project", tmp_path / "publish"
     project_files(project)
-    for service in ("nginx", "auth", "inference", "crypto"):
+    for service in ("nginx", "auth", "inference", "crypto", "redis"):
         (publish / service).mkdir(parents=True)
     done = container.publish(project, publish, *CONTAINERS)
-    assert done == ["nginx", "auth", "inference", "crypto"]  # no PostgreSQL volume mounted
+    # No PostgreSQL volume mounted.
+    assert done == ["nginx", "auth", "inference", "crypto", "redis"]
     assert listing(publish / "nginx") == {"server.pem", "server-key.pem"}
     assert listing(publish / "auth") == {
         "jwks.json",
@@ -157,9 +162,21 @@ def test_publish_gives_each_mounted_service_its_own_files(tmp_path: Path) -> Non
         "jwt",
         "jwt/k1.pem",
         "jwt/k2.pem",
+        "redis_auth_password",
     }
-    assert listing(publish / "inference") == {"jwks.json", "model_signing_key.pub"}
-    assert listing(publish / "crypto") == {"jwks.json", "fernet_keyring.json"}
+    assert listing(publish / "inference") == {
+        "jwks.json",
+        "model_signing_key.pub",
+        "redis_inference_password",
+    }
+    assert listing(publish / "crypto") == {
+        "jwks.json",
+        "fernet_keyring.json",
+        "redis_crypto_password",
+    }
+    # Redis gets the users' digests, never a service's password.
+    assert listing(publish / "redis") == {"redis_users.acl"}
+    assert (publish / "inference" / "redis_inference_password").read_text() == "inference's"
     for path in publish.rglob("*"):
         expected = 0o500 if path.is_dir() else 0o400
         assert owner_and_mode(path) == (*CONTAINERS, expected), path
@@ -226,8 +243,10 @@ def test_entry_point_runs_init_as_the_project_owner_and_hands_out_copies(
 ) -> None:
     tmp_path = open_tmp
     project, publish, var = _owned_project(
-        tmp_path, monkeypatch, "nginx", "auth", "inference", "crypto"
+        tmp_path, monkeypatch, "nginx", "auth", "inference", "crypto", "redis"
     )
+    (var / "redis").mkdir()  # Redis's volume, as the image made it: another user's
+    os.chown(var / "redis", 999, 999)
     monkeypatch.setattr(container, "VAR", var)
     monkeypatch.setenv("MG_UID", "10001")
     monkeypatch.setenv("MG_GID", "10001")
@@ -246,6 +265,15 @@ def test_entry_point_runs_init_as_the_project_owner_and_hands_out_copies(
     assert owner_and_mode(copy) == (*CONTAINERS, 0o400)
     assert owner_and_mode(var / "log" / "audit.jsonl") == (*CONTAINERS, 0o660)
     assert owner_and_mode(var / "data") == (*CONTAINERS, 0o700)
+    assert owner_and_mode(var / "redis") == (*CONTAINERS, 0o700)
+    # Each service signs in to Redis with its own password, Redis knows their digests.
+    for service in ("auth", "inference", "crypto"):
+        own = publish / service / f"redis_{service}_password"
+        assert own.read_bytes() == (project / "secrets" / own.name).read_bytes(), service
+        assert owner_and_mode(own) == (*CONTAINERS, 0o400), service
+    acl = publish / "redis" / "redis_users.acl"
+    assert acl.read_bytes() == (project / "secrets" / "redis_users.acl").read_bytes()
+    assert owner_and_mode(acl) == (*CONTAINERS, 0o400)
 
     # Idempotent: nothing is made again, nothing overwritten.
     before = password.read_bytes()

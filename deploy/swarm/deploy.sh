@@ -38,7 +38,9 @@ CERTS=${MG_CERTS_DIR:-$ROOT/certs}
 STORE=${MG_MODEL_STORE:-$ROOT/model_store}
 STACK=${MG_STACK_NAME:-modelgate}
 for needed in "$SECRETS/jwks.json" "$SECRETS/fernet_keyring.json" "$SECRETS/database_url" \
-    "$SECRETS/postgres_password" "$CERTS/server.pem" "$STORE"; do
+    "$SECRETS/postgres_password" "$SECRETS/redis_users.acl" "$SECRETS/redis_auth_password" \
+    "$SECRETS/redis_inference_password" "$SECRETS/redis_crypto_password" "$CERTS/server.pem" \
+    "$STORE"; do
     [[ -e $needed ]] || die "$needed is missing: run \`make init\` first"
 done
 [[ $(docker info --format '{{.Swarm.LocalNodeState}}' 2>/dev/null) == active ]] ||
@@ -63,6 +65,10 @@ export MG_SECRET_FERNET=$(content_id "$SECRETS/fernet_keyring.json")
 export MG_SECRET_MODEL_PUB=$(content_id "$SECRETS/model_signing_key.pub")
 export MG_SECRET_POSTGRES_PASSWORD=$(content_id "$SECRETS/postgres_password")
 export MG_SECRET_DATABASE_URL=$(content_id "$SECRETS/database_url")
+export MG_SECRET_REDIS_AUTH=$(content_id "$SECRETS/redis_auth_password")
+export MG_SECRET_REDIS_INFERENCE=$(content_id "$SECRETS/redis_inference_password")
+export MG_SECRET_REDIS_CRYPTO=$(content_id "$SECRETS/redis_crypto_password")
+export MG_SECRET_REDIS_ACL=$(content_id "$SECRETS/redis_users.acl")
 
 echo "deploy.sh: stack $STACK (signing key $kid)"
 deployed_at=$(date +%s)

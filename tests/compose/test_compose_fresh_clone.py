@@ -84,19 +84,23 @@ def test_a_clean_clone_comes_up_with_docker_compose_alone(
     st = password_file.stat()
     assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (owner, 0o600)
     assert (root / "certs" / "ca.pem").stat().st_uid == owner
+    # Redis's ACL users, one password per service, as `make init` makes them.
+    for name in ("redis_auth_password", "redis_inference_password", "redis_crypto_password"):
+        st = (root / "secrets" / name).stat()
+        assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (owner, 0o600), name
+    assert "user auth on #" in (root / "secrets" / "redis_users.acl").read_text()
     assert [p.name for p in (root / "model_store" / "iris").iterdir()] == ["1"]
     assert not (root / ".env").exists()
     init = clone.exited("init")
     assert init["State"]["ExitCode"] == 0
-    # The services and nginx run as MG_UID (10001 by default), never as the clone's owner;
-    # Redis as its image's own unprivileged user.
+    # Every container runs as MG_UID (10001 by default), never as the clone's owner.
     users = {service: c["Config"]["User"] for service, c in clone.containers().items()}
     assert users == {
         "nginx": "10001:10001",
         "auth": "10001:10001",
         "inference": "10001:10001",
         "crypto": "10001:10001",
-        "redis": "redis",
+        "redis": "10001:10001",
     }, users
 
     admin_password = password_file.read_text()

@@ -11,6 +11,13 @@ import pytest
 
 from tests.compose.conftest import ComposeProject
 from tests.conftest import run_command
+from tests.container_probes import (
+    ANONYMOUS,
+    SERVICE_USER,
+    WRONG_PASSWORD,
+    reach,
+    redis_outcomes,
+)
 
 pytestmark = pytest.mark.compose
 
@@ -21,11 +28,20 @@ SERVICES = {"nginx", "auth", "inference", "crypto", "redis", "postgres"}
 # volume under /run/secrets (nginx's certificate and key: /etc/modelgate/certs).
 SECRETS = {
     "nginx": {"server.pem", "server-key.pem"},
-    "redis": set(),
+    "redis": {"redis_users.acl"},
     "postgres": {"postgres_password"},
-    "auth": {"admin_password", "jwks.json", "jwt", "database_url"},
-    "inference": {"jwks.json", "model_signing_key.pub"},
-    "crypto": {"jwks.json", "fernet_keyring.json"},
+    "auth": {"admin_password", "jwks.json", "jwt", "database_url", "redis_auth_password"},
+    "inference": {"jwks.json", "model_signing_key.pub", "redis_inference_password"},
+    "crypto": {"jwks.json", "fernet_keyring.json", "redis_crypto_password"},
+}
+# The networks each container is on: nginx shares none with Redis or PostgreSQL.
+NETWORKS = {
+    "nginx": {"public", "internal"},
+    "auth": {"internal", "backend"},
+    "inference": {"internal", "backend"},
+    "crypto": {"internal", "backend"},
+    "redis": {"backend"},
+    "postgres": {"backend"},
 }
 
 
@@ -90,20 +106,44 @@ def test_only_nginx_publishes_ports_and_only_on_loopback(
             assert not c["HostConfig"]["PortBindings"], service
 
 
-def test_services_and_redis_sit_only_on_the_internal_network(
+def test_services_sit_on_internal_networks_and_nginx_apart_from_redis(
     compose_project: ComposeProject,
 ) -> None:
-    internal = compose_project.network("internal")
-    public = compose_project.network("public")
-    assert internal["Internal"] is True
-    assert public["Internal"] is False
+    assert compose_project.network("internal")["Internal"] is True
+    assert compose_project.network("backend")["Internal"] is True
+    assert compose_project.network("public")["Internal"] is False
     for service, c in compose_project.containers().items():
         networks = {
             name.removeprefix(f"{compose_project.name}_")
             for name in c["NetworkSettings"]["Networks"]
         }
-        expected = {"public", "internal"} if service == "nginx" else {"internal"}
-        assert networks == expected, service
+        assert networks == NETWORKS[service], service
+
+
+def test_nginx_cannot_reach_redis(compose_project: ComposeProject) -> None:
+    containers = compose_project.containers()
+    redis_ip = containers["redis"]["NetworkSettings"]["Networks"][
+        f"{compose_project.name}_backend"
+    ]["IPAddress"]
+    python_image = containers["auth"]["Config"]["Image"]
+    # The probe itself reaches Redis from a service's network namespace ...
+    assert reach(containers["auth"]["Id"], redis_ip, 6379, python_image) == "connected"
+    # ... and from nginx's gets no connection, by address or by name.
+    for host in (redis_ip, "redis"):
+        found = reach(containers["nginx"]["Id"], host, 6379, python_image)
+        assert found.startswith("unreachable"), f"nginx reached Redis at {host}: {found}"
+
+
+def test_redis_lets_in_each_service_as_its_own_user_only(
+    compose_project: ComposeProject,
+) -> None:
+    containers = compose_project.containers()
+    for service in ("auth", "inference", "crypto"):
+        container = containers[service]["Id"]
+        assert redis_outcomes(container, "redis", "") == ANONYMOUS, service
+        assert redis_outcomes(container, "redis", service) == SERVICE_USER, service
+        wrong = redis_outcomes(container, "redis", service, f"not-{service}s-password")
+        assert wrong == WRONG_PASSWORD, service
 
 
 def test_services_trust_forwarded_headers_from_nginx_alone(

@@ -36,15 +36,20 @@ SERVICE_FILES: dict[str, dict[str, str]] = {
         "jwks.json": "secrets/jwks.json",
         "admin_password": "secrets/admin_password",
         "jwt": "secrets/jwt",
+        "redis_auth_password": "secrets/redis_auth_password",
     },
     "inference": {
         "jwks.json": "secrets/jwks.json",
         "model_signing_key.pub": "secrets/model_signing_key.pub",
+        "redis_inference_password": "secrets/redis_inference_password",
     },
     "crypto": {
         "jwks.json": "secrets/jwks.json",
         "fernet_keyring.json": "secrets/fernet_keyring.json",
+        "redis_crypto_password": "secrets/redis_crypto_password",
     },
+    # Its ACL users: each service's name and a SHA-256 digest of its password.
+    "redis": {"redis_users.acl": "secrets/redis_users.acl"},
     "postgres": {"postgres_password": "secrets/postgres_password"},
 }
 POSTGRES_AUTH_FILES = {"database_url": "secrets/database_url"}
@@ -205,6 +210,8 @@ def main(argv: list[str]) -> int:
         status = _run_as(owner.st_uid, owner.st_gid, [gid], argv, env)
     publish(PROJECT, PUBLISH, uid, gid)
     hand_to_containers(VAR / "data", uid, gid)
+    # Redis's append-only file (its volume, mounted here): Redis runs as the containers' user.
+    hand_to_containers(VAR / "redis", uid, gid)
     _prepare_audit_log(VAR / "log", uid, gid)
     return status
 
