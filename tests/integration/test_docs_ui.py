@@ -2,41 +2,32 @@
 nginx's configuration is rendered with the switch on and reloaded, and rendered off and
 reloaded again afterwards (the rest of the suite checks that both stay hidden).
 
-The browser is Debian's Chromium, headless, driven by Playwright. It trusts the stack's CA
-the way a user's browser would: the CA is imported into a throwaway NSS database (certutil)
-in a throwaway HOME, and nothing relaxes certificate checks; the same browser without that
-database must refuse the page. Its connections leave through a local CONNECT proxy that
-tunnels only to the stack's address and opens each tunnel from a loopback address of
-this test's own, so the sign-in counts against a per-address budget no other test spends.
+The browser (tests/swagger_browser.py) is Debian's Chromium, headless, driven by Playwright,
+trusting the stack's CA as a user's browser would; the same browser without that CA must
+refuse the page. Its sign-in leaves from a loopback address of this test's own.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import socket
 import subprocess
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, sync_playwright
 from playwright.sync_api import Error as PlaywrightError
 
 from tests.conftest import make_client
+from tests.swagger_browser import Tunnel, authorize_and_predict, launch_chromium
 
 if TYPE_CHECKING:
     from tests.conftest import NativeStack
 
 pytestmark = [pytest.mark.native, pytest.mark.slow]
-
-CHROMIUM = "/usr/bin/chromium"
-PREDICT_OPERATION = "#operations-seed-predict_seed_predict_post"
 
 
 def _render_and_reload(var_dir: Path, public_docs: str) -> None:
@@ -128,94 +119,7 @@ def test_every_documented_route_reaches_its_service(
                 assert answer.status_code not in (404, 405), (method, path, answer.text)
 
 
-class Tunnel:
-    """A CONNECT proxy for the browser: tunnels to one address only, each tunnel opened
-    from ``source_ip``; every other destination is refused and noted."""
-
-    def __init__(self, allowed: str, source_ip: str) -> None:
-        self.allowed = allowed
-        self.source_ip = source_ip
-        self.tunnelled: list[str] = []
-        self.refused: list[str] = []
-        self.server = socket.create_server(("127.0.0.1", 0))
-        self.port = self.server.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.close()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.server.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
-
-    def _serve(self, conn: socket.socket) -> None:
-        with conn:
-            head = b""
-            while b"\r\n\r\n" not in head:
-                chunk = conn.recv(4096)
-                if not chunk or len(head) > 16384:
-                    return
-                head += chunk
-            method, target, _ = head.split(b"\r\n", 1)[0].decode("latin-1").split(" ", 2)
-            if method != "CONNECT" or target != self.allowed:
-                self.refused.append(f"{method} {target}")
-                conn.sendall(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
-                return
-            self.tunnelled.append(target)
-            host, port = target.rsplit(":", 1)
-            with socket.create_connection(
-                (host, int(port)), source_address=(self.source_ip, 0)
-            ) as up:
-                conn.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
-                back = threading.Thread(target=_pipe, args=(up, conn), daemon=True)
-                back.start()
-                _pipe(conn, up)
-                back.join()
-
-
-def _pipe(src: socket.socket, dst: socket.socket) -> None:
-    try:
-        while data := src.recv(65536):
-            dst.sendall(data)
-    except OSError:
-        pass  # the other side closed: the tunnel ends
-    finally:
-        try:
-            dst.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass  # already closed
-
-
-def _nss_home(tmp: Path, ca_file: str | None) -> Path:
-    """A HOME whose NSS database (what Chromium on Linux trusts) holds the stack's CA,
-    or an empty one."""
-    nssdb = tmp / ".pki" / "nssdb"
-    nssdb.mkdir(parents=True)
-    subprocess.run(["certutil", "-N", "-d", f"sql:{nssdb}", "--empty-password"], check=True)
-    if ca_file is not None:
-        subprocess.run(
-            [
-                "certutil",
-                "-A",
-                "-d",
-                f"sql:{nssdb}",
-                "-t",
-                "C,,",
-                "-n",
-                "modelgate test CA",
-                "-i",
-                ca_file,
-            ],
-            check=True,
-        )
-    return tmp
-
-
-Launcher = Callable[[str | None], tuple[Browser, "Tunnel"]]
+Launcher = Callable[[str | None], tuple[Browser, Tunnel]]
 
 
 @pytest.fixture
@@ -226,17 +130,9 @@ def browser_for(
     playwright = sync_playwright().start()
 
     def launch(ca_file: str | None) -> tuple[Browser, Tunnel]:
-        home = _nss_home(tmp_path / f"home{len(opened)}", ca_file)
-        origin = urlsplit(base_url)
-        tunnel = Tunnel(f"{origin.hostname}:{origin.port or 443}", fresh_source_ip())
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--no-sandbox", "--disable-dev-shm-usage"],
-            env={**os.environ, "HOME": str(home)},
-            proxy={"server": f"http://127.0.0.1:{tunnel.port}", "bypass": "<-loopback>"},
-        )
-        opened.append((browser, tunnel))
-        return browser, tunnel
+        home = tmp_path / f"home{len(opened)}"
+        opened.append(launch_chromium(playwright, home, base_url, ca_file, fresh_source_ip()))
+        return opened[-1]
 
     try:
         yield launch
@@ -261,41 +157,4 @@ def test_swagger_ui_authorizes_and_predicts(
     public_docs: None, base_url: str, ca_file: str, browser_for: Launcher, admin_password: str
 ) -> None:
     browser, tunnel = browser_for(ca_file)
-    page: Page = browser.new_page()
-    requests: list[str] = []
-    page.on("request", lambda request: requests.append(request.url))
-    problems: list[str] = []
-    page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
-    page.on("pageerror", lambda error: problems.append(str(error)))
-
-    answer = page.goto(f"{base_url}/docs")
-    assert answer is not None and answer.status == 200
-    expect(page.locator(".opblock").first).to_be_visible(timeout=30_000)
-
-    # Authorize: the OAuth2 password flow against /auth/token.
-    page.get_by_role("button", name="Authorize").first.click()
-    page.locator("#oauth_username").fill("admin")
-    page.locator("#oauth_password").fill(admin_password)
-    page.locator(".auth-container .modal-btn.auth.authorize").click()
-    expect(page.locator(".auth-container .modal-btn.auth", has_text="Logout")).to_be_visible(
-        timeout=30_000
-    )
-    page.locator(".modal-btn.btn-done").first.click()
-
-    # Try it out on /predict with the example body the document gives.
-    operation = page.locator(PREDICT_OPERATION)
-    operation.locator(".opblock-summary").click()
-    operation.locator(".try-out__btn").click()
-    operation.locator(".execute").click()
-    status = operation.locator(".live-responses-table .response .response-col_status")
-    expect(status).to_have_text("200", timeout=30_000)
-    body = operation.locator(".live-responses-table .response-col_description pre").first
-    result = json.loads(body.inner_text())
-    assert result["model"] == "iris" and result["prediction"] in (0, 1, 2)
-
-    origin = base_url.rstrip("/")
-    assert f"{origin}/auth/token" in requests and f"{origin}/predict" in requests
-    # Everything the page loaded came from the stack: no CDN, no validator, no font host.
-    assert [url for url in requests if not url.startswith(origin + "/")] == []
-    assert problems == []  # no script error, no CSP violation
-    assert set(tunnel.tunnelled) == {tunnel.allowed}
+    authorize_and_predict(browser, tunnel, base_url, "admin", admin_password)
