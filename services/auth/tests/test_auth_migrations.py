@@ -11,6 +11,8 @@ import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from alembic.util import CommandError
+from auth_testlib import make_settings, open_databases
 from modelgate_auth.config import AuthSettings
 from modelgate_auth.db import (
     Base,
@@ -20,6 +22,7 @@ from modelgate_auth.db import (
     schema_revision,
     upgrade_schema,
 )
+from modelgate_auth.main import build_service
 from sqlalchemy import Engine, inspect, text
 
 
@@ -148,3 +151,21 @@ def test_clients_migration_adds_and_drops_only_its_table(engine: Engine) -> None
     assert "clients" not in inspect(engine).get_table_names()
     with engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM revocations")).scalar_one() == 1
+
+
+def test_a_start_refused_by_the_schema_leaves_no_database_open(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """A database at a revision this version does not know (made by a newer one) stops
+    the start with Alembic's error, and the engine made for it is disposed."""
+    settings = make_settings(tmp_path, redis_url)
+    engine = create_db_engine(settings.database)
+    try:
+        upgrade_schema(engine)
+        with engine.begin() as conn:
+            conn.execute(text("UPDATE alembic_version SET version_num = 'ffff'"))
+    finally:
+        engine.dispose()
+    with pytest.raises(CommandError, match="ffff"):
+        build_service(settings)
+    assert open_databases(tmp_path) == []

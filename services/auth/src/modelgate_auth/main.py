@@ -37,19 +37,26 @@ log = logging.getLogger("modelgate.auth")
 def build_service(settings: AuthSettings) -> tuple[AuthService, KeyStore]:
     """Database, keys and password hashing: what the service and the CLI share."""
     engine = create_db_engine(settings.database)
-    upgrade_schema(engine)
-    keystore = KeyStore(settings.jwt_keys_path, settings.common.jwks_path, settings.jwt_key_bits)
-    service = AuthService(
-        engine=engine,
-        sessions=make_session_factory(engine),
-        passwords=Passwords(
-            settings.argon2_time_cost, settings.argon2_memory_kib, settings.argon2_parallelism
-        ),
-        signer=Signer(keystore),
-        common=settings.common,
-        access_ttl=settings.access_token_ttl,
-        refresh_ttl=settings.refresh_token_ttl,
-    )
+    try:
+        upgrade_schema(engine)
+        keystore = KeyStore(
+            settings.jwt_keys_path, settings.common.jwks_path, settings.jwt_key_bits
+        )
+        service = AuthService(
+            engine=engine,
+            sessions=make_session_factory(engine),
+            passwords=Passwords(
+                settings.argon2_time_cost, settings.argon2_memory_kib, settings.argon2_parallelism
+            ),
+            signer=Signer(keystore),
+            common=settings.common,
+            access_ttl=settings.access_token_ttl,
+            refresh_ttl=settings.refresh_token_ttl,
+        )
+    except BaseException:
+        # The caller disposes the engine of a service it got; of none, this does.
+        engine.dispose()
+        raise
     return service, keystore
 
 
