@@ -1,17 +1,22 @@
-"""Probes the compose and Swarm tiers run inside their containers: who can open a
-connection to Redis, and what Redis lets each client do."""
+"""Probes the compose and Swarm tiers run inside their containers: who gets an answer from
+Redis, and what Redis lets each client do."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 
-# Connects to argv[1]:argv[2]; prints "connected" or "unreachable <error>".
-TCP_PROBE = """
+# Sends Redis's inline PING to argv[1]:argv[2]; prints "PONG" when Redis answered, else
+# what came instead. An open TCP connection alone proves nothing: a transparent egress proxy
+# (as on the test machine) accepts connections to any address the host routes out.
+PING_PROBE = """
 import socket, sys
 try:
-    socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5).close()
-    print("connected")
+    with socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5) as peer:
+        peer.settimeout(5)
+        peer.sendall(b"PING\\r\\n")
+        reply = peer.recv(64)
+    print("PONG" if reply.startswith(b"+PONG") else f"no Redis: {reply[:40]!r}")
 except OSError as exc:
     print("unreachable", type(exc).__name__)
 """
@@ -60,13 +65,13 @@ SERVICE_USER = {**ANONYMOUS, "SET mg:*": "answered"}
 WRONG_PASSWORD = dict.fromkeys(ANONYMOUS, "NOAUTH")
 
 
-def reach(container: str, host: str, port: int, python_image: str) -> str:
-    """Whether a process in ``container``'s network namespace can open a TCP connection to
-    host:port: the probe runs in a throw-away container of ``python_image`` (a service's)
-    that shares ``container``'s network, so images without Python (nginx's) are probed too."""
+def redis_ping(container: str, host: str, port: int, python_image: str) -> str:
+    """PING_PROBE's answer from ``container``'s network namespace ("PONG": Redis answered):
+    the probe runs in a throw-away container of ``python_image`` (a service's) that shares
+    ``container``'s network, so images without Python (nginx's) are probed too."""
     done = subprocess.run(
         ["docker", "run", "--rm", "--network", f"container:{container}", "--read-only",
-         "--cap-drop", "ALL", "--entrypoint", "python3", python_image, "-c", TCP_PROBE,
+         "--cap-drop", "ALL", "--entrypoint", "python3", python_image, "-c", PING_PROBE,
          host, str(port)],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
