@@ -498,3 +498,78 @@ async def test_client_hanging_up_mid_body_is_no_error(
     assert not any(r.exc_info for r in caplog.records)
     assert (count("499"), count("500")) == (before[0] + 1, before[1])
     assert not any(getattr(r, "audit", None) == "prediction" for r in caplog.records)
+
+
+async def test_prediction_routes_answer_alike_with_and_without_dependency_solving(
+    make_settings: Callable[..., InferenceSettings], auth: Auth, served: Serve
+) -> None:
+    """The prediction routes serve plainly valid requests without FastAPI's dependency
+    solving and hand anything else to it; a dependency override makes FastAPI solve
+    every request. Both ways give the same status, body and headers for valid and
+    invalid input alike."""
+    row = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
+    v1_body = json.dumps({"instances": [row]})
+    v2_body = json.dumps({"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP64",
+                                      "data": list(row.values())}]})  # fmt: skip
+    user, analyst = auth("ana"), auth("ana", role="analyst")
+    calls: list[tuple[str, str, dict[str, str]]] = [
+        ("/v1/models/iris/predict", v1_body, user),
+        ("/v1/models/iris/predict?version=1", v1_body, user),
+        ("/v1/models/iris/predict?version=1&other=x", v1_body, user),
+        ("/v1/models/iris/predict?version=1&version=1", v1_body, user),
+        ("/v1/models/iris/predict?version=01", v1_body, user),
+        ("/v1/models/iris/predict?version=", v1_body, user),
+        ("/v1/models/iris/predict?version=7", v1_body, user),
+        ("/v1/models/Iris/predict", v1_body, user),
+        ("/v1/models/iris%0A/predict", v1_body, user),
+        ("/v1/models/nothing/predict", v1_body, user),
+        ("/v1/models/iris/predict", v1_body, {}),
+        ("/v1/models/iris/predict", v1_body, {"Authorization": "Basic abc"}),
+        ("/v1/models/iris/predict", v1_body, {"Authorization": "Bearer not-a-token"}),
+        ("/v1/models/iris/predict", v1_body, auth("ana", scope="models:read")),
+        ("/v1/models/iris/predict", '{"instances": []}', user),
+        ("/v1/models/iris/predict", "not json", user),
+        ("/v1/models/iris/predict", json.dumps({"instances": [row], "probabilities": True}), user),
+        (
+            "/v1/models/iris/predict",
+            json.dumps({"instances": [row], "probabilities": True}),
+            analyst,
+        ),
+        ("/predict", json.dumps(row), user),
+        ("/predict", json.dumps({**row, "extra": 1}), user),
+        ("/v2/models/iris/infer", v2_body, user),
+        ("/v2/models/iris/infer", "[]", user),
+        ("/v2/models/iris/versions/1/infer", v2_body, user),
+        ("/v2/models/iris/versions/0/infer", v2_body, user),
+        ("/v2/models/iris/versions/9/infer", v2_body, user),
+        ("/v2/models/Iris/versions/1/infer", v2_body, {}),
+    ]
+
+    async def answers(solve_everything: bool) -> list[tuple[int, Any, dict[str, str]]]:
+        app = create_app(make_settings())
+        if solve_everything:
+            app.dependency_overrides[_unused_dependency] = _unused_dependency
+        out = []
+        async with served(app) as client:
+            for url, body, headers in calls:
+                response = await client.post(
+                    url, content=body, headers={**headers, "content-type": "application/json"}
+                )
+                kept = {
+                    k: v
+                    for k, v in response.headers.items()
+                    if k not in ("x-request-id", "ratelimit-remaining", "ratelimit-reset",
+                                 "x-quota-rows-remaining")
+                }  # fmt: skip
+                out.append((response.status_code, response.json(), kept))
+        return out
+
+    lean, solved = await answers(False), await answers(True)
+    for call, mine, fastapis in zip(calls, lean, solved, strict=True):
+        assert mine == fastapis, call
+    statuses = {status for status, _, _ in lean}
+    assert {200, 401, 403, 404, 422} <= statuses
+
+
+def _unused_dependency() -> None:
+    """Overridden by a test only to make FastAPI solve every request's dependencies."""

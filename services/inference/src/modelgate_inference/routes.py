@@ -7,12 +7,15 @@ rendered by orjson, numpy arrays included.
 
 from __future__ import annotations
 
+import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
+from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Depends, Path, Query, Request, Security
+from fastapi import APIRouter, Depends, Path, Query, Request, Response, Security
+from fastapi.routing import APIRoute
 from modelgate_common import (
     Admission,
     Forbidden,
@@ -51,8 +54,6 @@ from .schemas import (
 )
 from .service import ModelRegistry, VersionSync, audit_prediction, predict
 from .store import NAME_PATTERN, VERSION_PATTERN
-
-router = APIRouter()
 
 ModelName = Annotated[str, Path(pattern=NAME_PATTERN, description="model name", examples=["iris"])]
 ModelVersion = Annotated[
@@ -109,6 +110,57 @@ async def predictor(
 
 
 Predictor = Annotated[Prediction, Depends(predictor)]
+_prediction = asynccontextmanager(predictor)
+# The parameters a prediction route may declare besides the request and its Predictor,
+# with the patterns their Path/Query declarations give them.
+_PATTERNS = {"name": re.compile(NAME_PATTERN), "version": re.compile(VERSION_PATTERN)}
+
+
+class _Route(APIRoute):
+    """A route of this service. A route that takes a ``Predictor`` is served without
+    FastAPI's dependency solving when its parameters are plainly valid: the path's
+    ``name`` and ``version`` and the query's single ``version`` must match their
+    patterns; then the handler reads the bearer token as ``bearer_scheme`` does, enters
+    ``predictor`` itself and calls the endpoint. Anything else (a parameter that does not
+    match, a repeated query parameter, dependency overrides) takes FastAPI's own handler,
+    so errors for bad input are FastAPI's. The document (OpenAPI) is built from the
+    declarations as for any route; only the work per request differs."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        solved = super().get_route_handler()
+        if not any(d.call is predictor for d in self.dependant.dependencies):
+            return solved
+        path = [field.name for field in self.dependant.path_params]
+        query = [field.name for field in self.dependant.query_params]
+        if not set(path) | set(query) <= _PATTERNS.keys():
+            raise TypeError(f"{self.path}: a prediction route takes name and version only")
+        endpoint = self.endpoint
+
+        async def handler(request: Request) -> Response:
+            if request.app.dependency_overrides:
+                return await solved(request)
+            arguments: dict[str, str | None] = {}
+            for name in path:
+                value = request.path_params[name]
+                if not _PATTERNS[name].fullmatch(value):
+                    return await solved(request)
+                arguments[name] = value
+            for name in query:
+                values = request.query_params.getlist(name)
+                if len(values) > 1 or (values and not _PATTERNS[name].fullmatch(values[0])):
+                    return await solved(request)
+                arguments[name] = values[0] if values else None
+            token = await bearer_scheme(request)
+            async with _prediction(request, token) as prediction:
+                response: Response = await endpoint(
+                    request=request, prediction=prediction, **arguments
+                )
+            return response
+
+        return handler
+
+
+router = APIRouter(route_class=_Route)
 
 
 def _registry(request: Request) -> ModelRegistry:
