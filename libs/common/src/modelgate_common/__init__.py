@@ -3,7 +3,6 @@
 from ._admission import (
     POLICIES,
     Admission,
-    AdmissionHeadersMiddleware,
     LocalWindows,
     Policy,
     Prediction,
@@ -29,7 +28,7 @@ from ._errors import (
 )
 from ._files import write_private, write_public
 from ._health import CheckResult, HealthChecks
-from ._logging import audit, configure_logging, request_id_var
+from ._logging import LogFileHandler, audit, audit_request, configure_logging, request_id_var
 from ._metrics import (
     AUTH_FAILURES,
     DECRYPTION_FAILURES,
@@ -84,7 +83,6 @@ __all__ = [
     "ROLE_SCOPES",
     "USER_SCOPES",
     "Admission",
-    "AdmissionHeadersMiddleware",
     "BadRequest",
     "CheckResult",
     "CommonSettings",
@@ -95,6 +93,7 @@ __all__ = [
     "JsonResponse",
     "KeySet",
     "LocalWindows",
+    "LogFileHandler",
     "NotFound",
     "Policy",
     "Prediction",
@@ -111,6 +110,7 @@ __all__ = [
     "Verdict",
     "admitted",
     "audit",
+    "audit_request",
     "authenticate",
     "bearer_scheme",
     "configure_logging",

@@ -51,12 +51,11 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ._errors import ServiceUnavailable, TooManyRequests, Unauthorized
 from ._health import CheckResult
 from ._logging import audit
-from ._metrics import RATE_LIMIT_FALLBACK, RATE_LIMITED, service_name
+from ._metrics import RATE_LIMIT_FALLBACK, service_name
 from ._redis import CircuitBreaker
 from ._security import Principal, TokenVerifier, authenticate, count_auth_failure
 from ._settings import RateLimitSettings
@@ -162,7 +161,8 @@ class _Exchange:
         self.refused_by: str | None = None
 
 
-# Set per request by AdmissionHeadersMiddleware; child tasks share the same object.
+# Set per request by the service middleware (_middleware.ServiceMiddleware); child tasks
+# share the same object.
 _exchange: ContextVar[_Exchange | None] = ContextVar("admission_exchange", default=None)
 
 
@@ -820,39 +820,3 @@ def admitted(policy: str, scopes: Sequence[str] = ()) -> Callable[..., Awaitable
 
     dependency.__name__ = f"{policy}_admission"
     return dependency
-
-
-class AdmissionHeadersMiddleware:
-    """Adds the ``RateLimit-*`` (and rows quota) headers the checks of this request
-    recorded, whatever response class the route returned, and counts refusals by
-    route and policy (``modelgate_rate_limited_total``)."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        exchange = _Exchange()
-        token = _exchange.set(exchange)
-
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                if exchange.headers:
-                    headers = list(message.get("headers", []))
-                    present = {name.lower() for name, _ in headers}
-                    for name, value in exchange.headers.items():
-                        key = name.lower().encode("latin-1")
-                        if key not in present:
-                            headers.append((key, value.encode("latin-1")))
-                    message["headers"] = headers
-                if exchange.refused_by is not None and message["status"] == 429:
-                    route = getattr(scope.get("route"), "path", "unmatched")
-                    RATE_LIMITED.labels(service_name(), route, exchange.refused_by).inc()
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_with_headers)
-        finally:
-            _exchange.reset(token)

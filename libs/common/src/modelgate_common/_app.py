@@ -9,11 +9,10 @@ from typing import Any
 
 from fastapi import APIRouter, FastAPI
 
-from ._admission import AdmissionHeadersMiddleware
 from ._errors import install_error_handlers
 from ._health import HealthChecks, health_router
 from ._metrics import metrics_router
-from ._middleware import BodySizeLimitMiddleware, RequestContextMiddleware
+from ._middleware import ServiceMiddleware
 from ._settings import CommonSettings
 
 
@@ -41,8 +40,5 @@ def create_service_app(
     app.include_router(metrics_router)
     for router in routers:
         app.include_router(router)
-    # Each add_middleware wraps the previous ones: the request id (added last) is outermost.
-    app.add_middleware(AdmissionHeadersMiddleware)
-    app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_body_bytes)
-    app.add_middleware(RequestContextMiddleware)
+    app.add_middleware(ServiceMiddleware, max_body_bytes=settings.max_body_bytes)
     return app

@@ -90,6 +90,21 @@ class CommonSettings(BaseSettings):
         "production", description="production hides /docs and /openapi.json"
     )
     log_level: str = Field("INFO", description="Python log level of every service")
+    log_to: Literal["stderr", "file"] = Field(
+        "stderr",
+        description="where a service writes its JSON log lines: stderr (containers: "
+        "`docker logs`, `kubectl logs`) or its own file var/log/<service>.jsonl, written in "
+        "batches by a thread of each process (the native stack under supervisord)",
+    )
+    log_flush_seconds: float = Field(
+        0.2, gt=0, le=60, description="log_to=file: longest a line waits in memory"
+    )
+    log_max_bytes: int = Field(
+        50 * 1024 * 1024,
+        ge=0,
+        description="log_to=file: past this size the log file is renamed <name>.1 (up to "
+        ".10 kept); 0 never renames (rotation left to logrotate, which may rename it any time)",
+    )
     secrets_dir: Path = Field(Path("secrets"), description="folder of generated secrets")
     var_dir: Path = Field(Path("var"), description="runtime folder: data, logs, pid files")
     redis_url: str = Field("redis://127.0.0.1:6391/0", description="shared Redis")
@@ -149,6 +164,16 @@ class CommonSettings(BaseSettings):
     @property
     def log_dir(self) -> Path:
         return self.var_dir / "log"
+
+    def logging_options(self, service: str) -> dict[str, Any]:
+        """``configure_logging``'s arguments for ``service``."""
+        return {
+            "level": self.log_level,
+            "audit_file": self.log_dir / "audit.jsonl",
+            "log_file": self.log_dir / f"{service}.jsonl" if self.log_to == "file" else None,
+            "flush_seconds": self.log_flush_seconds,
+            "max_bytes": self.log_max_bytes,
+        }
 
     @property
     def docs_enabled(self) -> bool:

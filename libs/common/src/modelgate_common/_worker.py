@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import socket
 import sys
 import time
 from types import FrameType
@@ -25,6 +26,8 @@ from gunicorn.arbiter import Arbiter
 from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.server import Server
 from uvicorn_worker import UvicornWorker
+
+from ._logging import write_logs_at_once
 
 
 class DrainState:
@@ -49,6 +52,12 @@ class DrainingServer(Server):
         self._captured_signals.append(sig)
         drain_state.active = True
         self._drain_deadline = time.monotonic() + self.drain_seconds
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().shutdown(sockets)
+        # uvicorn ends the worker by raising the stop signal again under its default
+        # action: the process dies there, without atexit functions (logging.shutdown).
+        write_logs_at_once()
 
     async def on_tick(self, counter: int) -> bool:
         if self._drain_deadline is not None:

@@ -62,7 +62,7 @@ def build_service(settings: AuthSettings) -> tuple[AuthService, KeyStore]:
 
 def create_app(settings: AuthSettings | None = None) -> FastAPI:
     settings = settings or AuthSettings()
-    configure_logging("auth", settings.common.log_level, settings.common.log_dir / "audit.jsonl")
+    configure_logging("auth", **settings.common.logging_options("auth"))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -25,7 +25,7 @@ log = logging.getLogger("modelgate.crypto")
 
 def create_app(settings: CryptoSettings | None = None) -> FastAPI:
     settings = settings or CryptoSettings()
-    configure_logging("crypto", settings.common.log_level, settings.common.log_dir / "audit.jsonl")
+    configure_logging("crypto", **settings.common.logging_options("crypto"))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -26,9 +26,7 @@ from .service import ModelRegistry, VersionSync
 
 def create_app(settings: InferenceSettings | None = None) -> FastAPI:
     settings = settings or InferenceSettings()
-    configure_logging(
-        "inference", settings.common.log_level, settings.common.log_dir / "audit.jsonl"
-    )
+    configure_logging("inference", **settings.common.logging_options("inference"))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -27,6 +27,7 @@ from modelgate_common import (
     Principal,
     ServiceUnavailable,
     audit,
+    audit_request,
 )
 from starlette.concurrency import run_in_threadpool
 
@@ -225,7 +226,8 @@ def audit_prediction(
     probabilities: bool,
 ) -> None:
     PREDICTIONS.labels(model.name, model.version).inc(rows)
-    audit(
+    # The request's one log line is this audit event (with the access fields).
+    audit_request(
         "prediction",
         user=principal.subject,
         model=model.name,
