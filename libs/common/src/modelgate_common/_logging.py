@@ -274,6 +274,8 @@ def configure_logging(
         lg.handlers[:] = []
         lg.propagate = True
     logging.getLogger("uvicorn.access").disabled = True
+    # Audit events are lines of the service log too (the CLI's own audit stays apart).
+    logging.getLogger(AUDIT_LOGGER).propagate = True
     configure_audit(formatter, audit_file)
 
 
