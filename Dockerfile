@@ -23,6 +23,32 @@ RUN set -eu; \
     echo /app/src > "$(/opt/venv/bin/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/modelgate.pth"; \
     rm -rf /tmp/deps
 
+# Swagger UI's release files for /docs (MG_PUBLIC_DOCS=1), for the CLI image, which writes
+# the folder nginx serves: the npm package swagger-ui-dist exactly as
+# nginx/docs/package-lock.json pins it (version and SHA-512). When build/docs-ui/ holds it
+# (`make docs-ui`, which make test-compose runs where a build cannot reach a registry), it is
+# taken once its installed version and hash are the lock's; otherwise Debian's npm, in this
+# throwaway stage only, installs it with `npm ci` from that lock.
+FROM ${PYTHON_IMAGE} AS docs-ui
+COPY nginx/docs/package.json nginx/docs/package-lock.json /tmp/docs-ui/
+# (the lock is named here too: a COPY whose every source is missing fails)
+COPY nginx/docs/package-lock.json build/docs-ui/node_module[s] /tmp/docs-ui/prepared/
+RUN set -eu; \
+    cd /tmp/docs-ui; \
+    if [ -d prepared/swagger-ui-dist ]; then \
+        python3 -c 'import json, sys; \
+pin = lambda lock: {k: json.load(open(lock))["packages"]["node_modules/swagger-ui-dist"][k] for k in ("version", "integrity")}; \
+pin("package-lock.json") == pin("prepared/.package-lock.json") or sys.exit("build/docs-ui/ was not installed from nginx/docs/package-lock.json: run make docs-ui")'; \
+        mv prepared/swagger-ui-dist dist; \
+    else \
+        apt-get update; \
+        DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends npm >/dev/null; \
+        npm ci --ignore-scripts --no-audit --no-fund --loglevel=error; \
+        mv node_modules/swagger-ui-dist dist; \
+    fi; \
+    mkdir /opt/swagger-ui; \
+    cp dist/LICENSE dist/*.js dist/*.css dist/*.png dist/*.html /opt/swagger-ui/
+
 # The package's source and what it imports, byte-compiled now: the root file system is
 # read-only at run time.
 FROM ${PYTHON_IMAGE} AS source
@@ -70,6 +96,8 @@ WORKDIR /var/lib/modelgate
 # The operator CLI, as compose runs it (`init`, `cli`): modelgate_cli.container runs the
 # command as the right user and hands each service its copies of the files it reads.
 FROM runtime AS cli
+COPY --from=docs-ui /opt/swagger-ui/ /opt/swagger-ui/
+ENV MG_SWAGGER_UI_DIR=/opt/swagger-ui
 ENTRYPOINT ["python3", "-m", "modelgate_cli.container"]
 CMD ["--help"]
 

@@ -59,7 +59,8 @@ test-deps: ## The stack's packages and the tests': PostgreSQL, Chromium, certuti
 
 # Swagger UI's release files for /docs (MG_PUBLIC_DOCS=1): swagger-ui-dist from the npm
 # registry, its hash pinned in nginx/docs/package-lock.json and checked by npm ci; install
-# scripts off. Not committed: installed into build/ when needed.
+# scripts off. Not committed: installed into build/ when needed. The CLI image takes them
+# from there too (make test-compose, test-swarm: the image build may not reach a registry).
 DOCS_UI_DIR := $(CURDIR)/build/docs-ui
 DOCS_UI_STAMP := $(DOCS_UI_DIR)/.installed
 export MG_SWAGGER_UI_DIR ?= $(DOCS_UI_DIR)/node_modules/swagger-ui-dist
@@ -124,11 +125,11 @@ test-trixie: venv ## The unit suite on Debian trixie's Python 3.13, then make up
 	@deploy/ci/test-trixie.sh
 
 .PHONY: test-compose
-test-compose: venv sslyze-venv ## The integration and security suites against the compose stack (builds, starts, tears down)
+test-compose: venv sslyze-venv test-deps docs-ui ## The integration and security suites against the compose stack (builds, starts, tears down)
 	@deploy/compose/test-compose.sh
 
 .PHONY: test-swarm
-test-swarm: venv sslyze-venv ## The suites and the scale-out checks against a Docker Swarm stack (3 inference replicas, PostgreSQL)
+test-swarm: venv sslyze-venv docs-ui ## The suites and the scale-out checks against a Docker Swarm stack (3 inference replicas, PostgreSQL)
 	@deploy/swarm/test-swarm.sh
 
 # The benchmark (bench/): MLServer, the peer it is compared with, gets its own

@@ -6,6 +6,8 @@ tier (tests/compose/test_compose_fresh_clone.py) runs it for real in its contain
 
 from __future__ import annotations
 
+import importlib
+import json
 import os
 import shutil
 import stat
@@ -17,7 +19,9 @@ import pytest
 from cryptography import x509
 from modelgate_cli import container
 from modelgate_cli._certs import ensure_certificates, tls_hostnames
+from modelgate_cli._docs import SERVICES, UI_FILES
 
+ROOT = Path(__file__).resolve().parents[2]
 OWNER = 4242  # the project folder's owner
 _warm = False
 CONTAINERS = (10001, 10001)  # MG_UID, MG_GID
@@ -306,6 +310,48 @@ def test_entry_point_runs_user_commands_as_the_containers_user(
     assert capfd.readouterr().err == "error: user already exists\n"
 
     assert container.main(["no-such-command"]) == 2
+
+
+@as_root
+def test_init_writes_the_docs_nginx_serves_while_the_switch_is_on(
+    open_tmp: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    tmp_path = open_tmp
+    project, _, var = _owned_project(tmp_path, monkeypatch, "nginx")
+    shutil.copytree(ROOT / "nginx", project / "nginx")  # the clone's, which `docs` reads
+    ui, docs = tmp_path / "swagger-ui", tmp_path / "docs"
+    ui.mkdir()
+    docs.mkdir()
+    for name in UI_FILES:
+        (ui / name).write_text(f"/* {name} */")
+    monkeypatch.setattr(container, "VAR", var)
+    monkeypatch.setattr(container, "DOCS", docs)
+    monkeypatch.setenv("MG_UID", "10001")
+    monkeypatch.setenv("MG_GID", "10001")
+    monkeypatch.setenv("MG_SWAGGER_UI_DIR", str(ui))
+    monkeypatch.delenv("MG_TLS_HOSTNAMES", raising=False)
+    for service in SERVICES:  # imported here: the child that builds the document inherits it
+        importlib.import_module(f"modelgate_{service}.main")
+
+    monkeypatch.setenv("MG_PUBLIC_DOCS", "1")
+    assert container.main(["init"]) == 0
+    site = docs / "site"
+    assert "/predict" in json.loads((site / "openapi.json").read_text())["paths"]
+    assert (site / "ui" / "swagger-ui-bundle.js").read_text() == "/* swagger-ui-bundle.js */"
+    # Written by the project's owner, readable by nginx's user (any other).
+    assert owner_and_mode(site / "openapi.json") == (OWNER, OWNER, 0o644)
+    assert owner_and_mode(site / "ui" / "index.html")[2] & 0o004
+    assert owner_and_mode(site / "ui")[2] & 0o005 == 0o005
+
+    # Off: no site left for nginx to serve.
+    monkeypatch.setenv("MG_PUBLIC_DOCS", "0")
+    assert container.main(["init"]) == 0
+    assert list(docs.iterdir()) == []
+
+    capfd.readouterr()
+    monkeypatch.setenv("MG_PUBLIC_DOCS", "sometimes")
+    assert container.main(["init"]) == 2
+    assert "MG_PUBLIC_DOCS must be 1 or 0, not 'sometimes'" in capfd.readouterr().err
 
 
 @as_root

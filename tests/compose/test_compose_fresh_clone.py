@@ -1,9 +1,18 @@
 """A new user's first start: a clean clone, `docker compose up -d`, nothing else.
 
 No `make init`, no Python, no .env on the host: the clone holds only what git holds (plus
-build/wheels/ for a build that cannot reach the package index, and the base images given as
-MG_PYTHON_IMAGE / MG_DEBIAN_IMAGE where no registry answers). make test-compose runs this
-after the suites, with their images built; the clone's compose reuses them by name.
+build/wheels/ and build/docs-ui/ for a build that cannot reach a package registry, and the
+base images given as MG_PYTHON_IMAGE / MG_DEBIAN_IMAGE where no registry answers). make
+test-compose runs this after the suites, with their images built; the clone's compose reuses
+them by name.
+
+The second start turns the API docs on (MG_PUBLIC_DOCS=1): Swagger UI in a real browser
+(tests/swagger_browser.py). A LightGBM model from the project folder is registered and loaded
+with the compose CLI and predicts through nginx.
+
+Every client reaches auth from Docker's gateway address here, so all sign-ins of this test
+share one per-address budget (5 a minute, kept in Redis across down/up): five at most, and
+`model load`'s, the last, waits out a refusal by itself.
 
 Run as root, the clone belongs to another user, as a clone in a home folder does: the
 files `init` writes must be that user's, and the containers still run as their own user.
@@ -17,14 +26,17 @@ import shlex
 import shutil
 import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+from playwright.sync_api import sync_playwright
 
 from tests.compose.conftest import ComposeProject
 from tests.conftest import make_client, run_command
+from tests.swagger_browser import authorize_and_predict, launch_chromium
 
 pytestmark = [pytest.mark.compose, pytest.mark.clone]
 
@@ -42,8 +54,9 @@ def clone() -> Iterator[ComposeProject]:
     folder = Path(tempfile.mkdtemp(prefix="modelgate-clone-", dir="/var/tmp"))
     root = folder / "modelgate"
     run_command(["git", "clone", "-q", str(ROOT), str(root)])
-    if (ROOT / "build" / "wheels").is_dir():
-        shutil.copytree(ROOT / "build" / "wheels", root / "build" / "wheels")
+    for prepared in ("wheels", "docs-ui/node_modules"):
+        if (ROOT / "build" / prepared).is_dir():
+            shutil.copytree(ROOT / "build" / prepared, root / "build" / prepared)
     if os.getuid() == 0:
         folder.chmod(0o755)
         run_command(["chown", "-R", f"{OWNER}:{OWNER}", str(root)])
@@ -67,8 +80,36 @@ def sign_in(client: httpx.Client, username: str, password: str) -> dict[str, str
     return {"Authorization": f"Bearer {response.json()['access_token']}"}
 
 
+def owned_by_the_clone(root: Path, folder: Path) -> None:
+    """What the test writes into the clone belongs to the clone's owner, as a user's own
+    files would."""
+    owner = root.stat()
+    for path in [folder, *folder.rglob("*")]:
+        os.chown(path, owner.st_uid, owner.st_gid)
+
+
+def lightgbm_model(root: Path) -> tuple[Any, Any]:
+    """A LightGBM regressor and its training table in the project folder (own-model/), as
+    docs/serve-your-own-model.md makes them; (model, features)."""
+    import joblib
+    from lightgbm import LGBMRegressor
+    from sklearn.datasets import load_diabetes
+
+    out = root / "own-model"
+    out.mkdir()
+    frame = load_diabetes(as_frame=True).frame
+    features = frame.drop(columns="target")
+    model = LGBMRegressor(n_estimators=40, random_state=0, verbose=-1).fit(
+        features, frame["target"]
+    )
+    joblib.dump(model, out / "diabetes_lgbm.joblib")
+    frame.to_csv(out / "diabetes_lgbm.csv", index=False)
+    owned_by_the_clone(root, out)
+    return model, features
+
+
 def test_a_clean_clone_comes_up_with_docker_compose_alone(
-    clone: ComposeProject, https_port: int
+    clone: ComposeProject, https_port: int, tmp_path: Path, fresh_source_ip: Callable[[], str]
 ) -> None:
     root = clone.root
     assert not (root / ".env").exists()
@@ -105,6 +146,9 @@ def test_a_clean_clone_comes_up_with_docker_compose_alone(
 
     admin_password = password_file.read_text()
     with make_client(base_url, ca_file) as client:
+        # The API docs are off unless asked for: nginx has no such route.
+        assert client.get("/docs").status_code == 404
+        assert client.get("/openapi.json").status_code == 404
         admin = sign_in(client, "admin", admin_password)
         answer = client.post("/predict", json=IRIS_ROW, headers=admin)
         assert answer.status_code == 200, answer.text
@@ -137,9 +181,12 @@ def test_a_clean_clone_comes_up_with_docker_compose_alone(
         states = {row[0]: row[1] for row in rows if len(row) > 1 and row[0] in parts}
         assert states == dict.fromkeys(parts, "ok"), status
 
-    # Down and up again: users (a volume) and keys (the project folder) stay.
+    # Down and up again, with the API docs on: users (a volume) and keys (the project
+    # folder) stay.
     clone.compose("down", "--timeout", "30")
     assert clone.running() == {}
+    assert clone.env is not None
+    clone.env["MG_PUBLIC_DOCS"] = "1"
     clone.compose("up", "-d", timeout=600)
     clone.wait_healthy(base_url, ca_file)
     assert password_file.read_text() == admin_password
@@ -149,7 +196,41 @@ def test_a_clean_clone_comes_up_with_docker_compose_alone(
             "/crypto/decrypt", json={"ciphertext": ciphertext.json()["ciphertext"]}, headers=bob
         )
         assert plain.status_code == 200 and plain.json() == {"plaintext": "kept"}, plain.text
-        sign_in(client, "admin", admin_password)
+
+        document = client.get("/openapi.json")
+        assert document.status_code == 200, document.text
+        assert "/predict" in document.json()["paths"]
+        # Swagger UI, offline: Authorize as admin (the password kept), Try it out on /predict.
+        with sync_playwright() as playwright:
+            browser, tunnel = launch_chromium(
+                playwright, tmp_path / "home", base_url, ca_file, fresh_source_ip()
+            )
+            try:
+                authorize_and_predict(browser, tunnel, base_url, "admin", admin_password)
+            finally:
+                browser.close()
+                tunnel.close()
+
+        # A LightGBM model from the project folder, registered and loaded with the compose
+        # CLI, served by LightGBM itself (its OpenMP runtime is in the images) from the model
+        # store the inference container reads.
+        model, features = lightgbm_model(root)
+        registered = clone.cli(
+            "model", "register", "diabetes-lgbm", "own-model/diabetes_lgbm.joblib",
+            "--data", "own-model/diabetes_lgbm.csv", "--target", "target",
+        )  # fmt: skip
+        assert "registered diabetes-lgbm version 1" in registered, registered
+        assert "runtime: lightgbm" in registered, registered
+        assert all(p.stat().st_uid == owner for p in (root / "model_store").rglob("*"))
+        loaded = clone.cli("model", "load", "diabetes-lgbm")
+        assert "serving diabetes-lgbm version 1" in loaded, loaded
+        row = features.iloc[:1].to_dict(orient="records")
+        answer = client.post(
+            "/v1/models/diabetes-lgbm/predict", json={"instances": row}, headers=bob
+        )
+        assert answer.status_code == 200, answer.text
+        expected = model.predict(features.iloc[:1])[0]
+        assert answer.json()["predictions"] == [pytest.approx(expected, rel=1e-9)]
 
     # down -v: no container, volume or network of the project is left.
     clone.compose("down", "--volumes", "--timeout", "30")

@@ -14,19 +14,29 @@ The process starts as root with the few capabilities this needs (compose.yaml: C
 DAC_OVERRIDE, FOWNER, SETUID, SETGID) and runs the command itself in a child without them:
 as the project folder's owner for what changes the project folder (init, keys, models), as
 the containers' user for what works on the containers' data (users, the database, status).
+
+With MG_PUBLIC_DOCS on, ``init`` also writes what nginx serves at /docs and /openapi.json
+(``modelgate docs``: Swagger UI's files, which the image carries, and the gateway's OpenAPI
+document) into the ``docs`` volume, which nginx mounts read-only; with it off, it removes
+them.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from pathlib import Path
 
 import click
 
+from ._docs import DocsError, public_docs_enabled
+
 PROJECT = Path(os.environ.get("MG_PROJECT_DIR", "/project"))
 PUBLISH = Path(os.environ.get("MG_PUBLISH_DIR", "/run/modelgate/publish"))
 VAR = Path(os.environ.get("MG_VAR_DIR", "/var/lib/modelgate"))
+# The docs volume; nginx serves its site/ folder (MG_DOCS_DIR in compose.yaml).
+DOCS = Path(os.environ.get("MG_DOCS_PUBLISH_DIR", "/run/modelgate/docs"))
 
 # What each service reads, by the name it reads it under (a folder is copied whole).
 # database_url goes to auth only when the stack has PostgreSQL (its volume is mounted).
@@ -143,6 +153,31 @@ def _prepare_audit_log(log_dir: Path, uid: int, gid: int) -> None:
     audit_file.chmod(0o660)
 
 
+def publish_docs(
+    docs_root: Path, owner: tuple[int, int], groups: list[int], env: dict[str, str]
+) -> int:
+    """/docs for nginx: ``modelgate docs --out <docs_root>/site`` as the project folder's
+    owner (it reads nginx's template from the project folder) when MG_PUBLIC_DOCS is on,
+    else no site at all; the exit status."""
+    if not docs_root.is_dir():
+        return 0  # no docs volume here: nothing serves /docs
+    try:
+        enabled = public_docs_enabled()
+    except DocsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    site = docs_root / "site"
+    if not enabled:
+        for folder in (site, site.with_name(site.name + ".new")):
+            if folder.exists():
+                shutil.rmtree(folder)
+        return 0
+    # The owner writes it; nginx (another user) reads it: files 0644, folders 0755.
+    os.chown(docs_root, *owner)
+    docs_root.chmod(0o755)
+    return _run_as(*owner, groups, ["docs", "--out", str(site)], env)
+
+
 def _run_as(uid: int, gid: int, groups: list[int], argv: list[str], env: dict[str, str]) -> int:
     """Run the command in a forked child as uid:gid; its exit status."""
     sys.stdout.flush()
@@ -208,6 +243,8 @@ def main(argv: list[str]) -> int:
     else:
         env = {**paths, "MG_SECRETS_DIR": str(PROJECT / "secrets")}
         status = _run_as(owner.st_uid, owner.st_gid, [gid], argv, env)
+        if argv == ["init"] and status == 0:
+            status = publish_docs(DOCS, (owner.st_uid, owner.st_gid), [gid], env)
     publish(PROJECT, PUBLISH, uid, gid)
     hand_to_containers(VAR / "data", uid, gid)
     # Redis's append-only file (its volume, mounted here): Redis runs as the containers' user.
