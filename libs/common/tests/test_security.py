@@ -8,6 +8,7 @@ import hashlib
 import hmac
 import json
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -238,31 +239,40 @@ def test_a_cached_token_that_expired_is_refused(
         verifier.verify_claims(token)
 
 
-def test_a_cached_token_revoked_later_is_refused(factory: TokenFactory, redis_server: Any) -> None:
+def _with_revocation_store(
+    factory: TokenFactory,
+    redis_server: Any,
+    scenario: Callable[[aioredis.Redis, TokenVerifier], Awaitable[None]],
+) -> None:
+    """Run ``scenario`` with a verifier whose revocation store is ``redis_server``."""
     settings = factory.settings(redis_url=redis_server.url)
 
-    async def scenario() -> None:
+    async def run() -> None:
         redis = create_redis(settings)
         verifier = TokenVerifier(settings, redis)
         verifier.keyset.load()
+        try:
+            await scenario(redis, verifier)
+        finally:
+            await redis.aclose()
+
+    asyncio.run(run())
+
+
+def test_a_cached_token_revoked_later_is_refused(factory: TokenFactory, redis_server: Any) -> None:
+    async def scenario(redis: aioredis.Redis, verifier: TokenVerifier) -> None:
         token = factory.mint("alice")
         principal = await verifier.verify(token)
         assert verifier.verify_claims(token).token_id == principal.token_id  # cached
         await redis.set(revoked_jti_key(principal.token_id), b"1", ex=60)
         with pytest.raises(Unauthorized, match="revoked"):
             await verifier.verify(token)
-        await redis.aclose()
 
-    asyncio.run(scenario())
+    _with_revocation_store(factory, redis_server, scenario)
 
 
 def test_revocation_by_jti_and_by_subject(factory: TokenFactory, redis_server: Any) -> None:
-    settings = factory.settings(redis_url=redis_server.url)
-
-    async def scenario() -> None:
-        redis = create_redis(settings)
-        verifier = TokenVerifier(settings, redis)
-        verifier.keyset.load()
+    async def scenario(redis: aioredis.Redis, verifier: TokenVerifier) -> None:
         token = factory.mint("alice")
         principal = await verifier.verify(token)
         await redis.set(revoked_jti_key(principal.token_id), b"1", ex=60)
@@ -274,9 +284,8 @@ def test_revocation_by_jti_and_by_subject(factory: TokenFactory, redis_server: A
             await verifier.verify(other)
         later = factory.mint("alice", iat=int(time.time()) + 1)
         assert (await verifier.verify(later)).subject == "alice"
-        await redis.aclose()
 
-    asyncio.run(scenario())
+    _with_revocation_store(factory, redis_server, scenario)
 
 
 def test_redis_down_policy(factory: TokenFactory, redis_server: Any) -> None:
