@@ -226,7 +226,8 @@ def _owned_project(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *services: str
 ) -> tuple[Path, Path, Path]:
     """A project folder owned by OWNER, publish folders for ``services`` and a var folder,
-    wired into the container entry point; (project, publish, var)."""
+    wired into the container entry point, whose containers' user is CONTAINERS and whose
+    TLS host names are the default ones; (project, publish, var)."""
     project, publish, var = tmp_path / "project", tmp_path / "publish", tmp_path / "var"
     for folder in ("certs", "secrets", "model_store"):
         (project / folder).mkdir(parents=True)
@@ -238,6 +239,10 @@ def _owned_project(
     (var / "data").mkdir(parents=True)
     monkeypatch.setattr(container, "PROJECT", project)
     monkeypatch.setattr(container, "PUBLISH", publish)
+    monkeypatch.setattr(container, "VAR", var)
+    monkeypatch.setenv("MG_UID", str(CONTAINERS[0]))
+    monkeypatch.setenv("MG_GID", str(CONTAINERS[1]))
+    monkeypatch.delenv("MG_TLS_HOSTNAMES", raising=False)
     return project, publish, var
 
 
@@ -251,10 +256,6 @@ def test_entry_point_runs_init_as_the_project_owner_and_hands_out_copies(
     )
     (var / "redis").mkdir()  # Redis's volume, as the image made it: another user's
     os.chown(var / "redis", 999, 999)
-    monkeypatch.setattr(container, "VAR", var)
-    monkeypatch.setenv("MG_UID", "10001")
-    monkeypatch.setenv("MG_GID", "10001")
-    monkeypatch.delenv("MG_TLS_HOSTNAMES", raising=False)
 
     assert container.main(["init"]) == 0
 
@@ -291,11 +292,7 @@ def test_entry_point_runs_user_commands_as_the_containers_user(
 ) -> None:
     tmp_path = open_tmp
     _, _, var = _owned_project(tmp_path, monkeypatch, "auth")
-    monkeypatch.setattr(container, "VAR", var)
-    monkeypatch.setenv("MG_UID", "10001")
-    monkeypatch.setenv("MG_GID", "10001")
     monkeypatch.setenv("MG_REDIS_URL", "redis://127.0.0.1:1/0")  # nothing listens
-    monkeypatch.delenv("MG_TLS_HOSTNAMES", raising=False)
     monkeypatch.delenv("MG_AUTH_DATABASE_URL", raising=False)
     monkeypatch.delenv("MG_AUTH_DATABASE_URL_FILE", raising=False)
     assert container.main(["init"]) == 0
@@ -317,19 +314,15 @@ def test_init_writes_the_docs_nginx_serves_while_the_switch_is_on(
     open_tmp: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
 ) -> None:
     tmp_path = open_tmp
-    project, _, var = _owned_project(tmp_path, monkeypatch, "nginx")
+    project, _, _ = _owned_project(tmp_path, monkeypatch, "nginx")
     shutil.copytree(ROOT / "nginx", project / "nginx")  # the clone's, which `docs` reads
     ui, docs = tmp_path / "swagger-ui", tmp_path / "docs"
     ui.mkdir()
     docs.mkdir()
     for name in UI_FILES:
         (ui / name).write_text(f"/* {name} */")
-    monkeypatch.setattr(container, "VAR", var)
     monkeypatch.setattr(container, "DOCS", docs)
-    monkeypatch.setenv("MG_UID", "10001")
-    monkeypatch.setenv("MG_GID", "10001")
     monkeypatch.setenv("MG_SWAGGER_UI_DIR", str(ui))
-    monkeypatch.delenv("MG_TLS_HOSTNAMES", raising=False)
     for service in SERVICES:  # imported here: the child that builds the document inherits it
         importlib.import_module(f"modelgate_{service}.main")
 
