@@ -27,6 +27,14 @@ def _me(client: TestClient, token: str) -> int:
     return client.get("/auth/users/me", headers=bearer(token)).status_code
 
 
+def _logged_out(client: TestClient, user_tokens: dict[str, Any]) -> tuple[str, str]:
+    """Log the user's access token out: (the token, its token id)."""
+    access = user_tokens["access_token"]
+    client.post("/auth/logout", headers=bearer(access))
+    jti = client.app.state.verifier._verified[access][0].token_id  # type: ignore[attr-defined]
+    return access, jti
+
+
 def test_revocation_is_back_in_redis_after_redis_lost_its_data(
     client: TestClient, user_tokens: dict[str, Any], redis_client: redis.Redis
 ) -> None:
@@ -94,9 +102,7 @@ def test_revocation_made_outside_the_service_reaches_redis(
 def test_revoked_jti_expires_with_the_token(
     client: TestClient, user_tokens: dict[str, Any], redis_client: redis.Redis
 ) -> None:
-    access = user_tokens["access_token"]
-    client.post("/auth/logout", headers=bearer(access))
-    jti = client.app.state.verifier._verified[access][0].token_id  # type: ignore[attr-defined]
+    _, jti = _logged_out(client, user_tokens)
     ttl = redis_client.ttl(revoked_jti_key(jti))
     # Kept until the token's expiry plus the verifier's leeway, not forever.
     assert 0 < ttl <= 900 + 30
@@ -135,10 +141,8 @@ def test_a_deleted_revocation_key_is_restored_by_the_next_sync(
 ) -> None:
     """Whoever deletes mg:revoked:* keys (the marker kept) gets them back within one sync,
     however long ago they were written."""
-    access = user_tokens["access_token"]
-    client.post("/auth/logout", headers=bearer(access))
+    access, jti = _logged_out(client, user_tokens)
     _sync(client)  # marker set
-    jti = client.app.state.verifier._verified[access][0].token_id  # type: ignore[attr-defined]
     # Older than the incremental window: only a check of the whole live set finds it.
     sessions = client.app.state.auth_service.sessions  # type: ignore[attr-defined]
     with sessions.begin() as session:
@@ -175,9 +179,7 @@ def test_an_older_subject_cutoff_never_replaces_a_newer_one(
 def test_every_pushed_revocation_is_listed_in_the_index(
     client: TestClient, user_tokens: dict[str, Any], redis_client: redis.Redis
 ) -> None:
-    access = user_tokens["access_token"]
-    client.post("/auth/logout", headers=bearer(access))
-    jti = client.app.state.verifier._verified[access][0].token_id  # type: ignore[attr-defined]
+    _, jti = _logged_out(client, user_tokens)
     score = redis_client.zscore(REVOKED_INDEX, f"{revoked_jti_key(jti)} 1")
     assert score is not None and score > time.time()
 
