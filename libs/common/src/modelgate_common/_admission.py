@@ -466,6 +466,24 @@ class SignInExemption(Protocol):
         ...
 
 
+def _connection_pool(
+    redis_url: str,
+    credentials: Mapping[str, Any] | None,
+    connect_timeout: float | None,
+    socket_timeout: float | None,
+) -> aioredis.ConnectionPool:
+    # One retry without delay: a connection that died with a Redis restart is replaced
+    # at once; a Redis that is really gone costs two fast failures, then the breaker.
+    return aioredis.ConnectionPool.from_url(
+        redis_url,
+        **(credentials or {}),
+        socket_connect_timeout=connect_timeout,
+        socket_timeout=socket_timeout,
+        retry=Retry(NoBackoff(), 1),
+        health_check_interval=0,
+    )
+
+
 class Admission:
     """Every limit of one worker: Redis-backed, with the per-worker fallback."""
 
@@ -483,16 +501,7 @@ class Admission:
         self.settings = settings
         self.policies = policies
         self.verifier = verifier
-        # One retry without delay: a connection that died with a Redis restart is replaced
-        # at once; a Redis that is really gone costs two fast failures, then the breaker.
-        self._pool = aioredis.ConnectionPool.from_url(
-            redis_url,
-            **(credentials or {}),
-            socket_connect_timeout=connect_timeout,
-            socket_timeout=socket_timeout,
-            retry=Retry(NoBackoff(), 1),
-            health_check_interval=0,
-        )
+        self._pool = _connection_pool(redis_url, credentials, connect_timeout, socket_timeout)
         # One bound for a whole check, however many round trips or reconnects it takes.
         self._budget = max(connect_timeout, socket_timeout)
         self._client = aioredis.Redis(connection_pool=self._pool)
@@ -500,16 +509,7 @@ class Admission:
         # the script pipeline, on connections of their own without timeouts of redis-py's:
         # the pipeline's budget bounds a batch, connecting included (see ScriptPipeline).
         self._scripts = ScriptPipeline(
-            aioredis.Redis(
-                connection_pool=aioredis.ConnectionPool.from_url(
-                    redis_url,
-                    **(credentials or {}),
-                    socket_connect_timeout=None,
-                    socket_timeout=None,
-                    retry=Retry(NoBackoff(), 1),
-                    health_check_interval=0,
-                )
-            ),
+            aioredis.Redis(connection_pool=_connection_pool(redis_url, credentials, None, None)),
             self._budget,
         )
         self._admit_script = self._client.register_script(_ADMIT_LUA)
@@ -746,12 +746,10 @@ class Admission:
                 ok = bool(await self._client.ping())
         except Exception:
             ok = False
-        if not ok:
-            if self.breaker.trip():
-                _fallback_gauge(True)
-        elif self.breaker.close():
-            _fallback_gauge(False)
-            log.info("rate-limit store reachable again: shared counting resumed")
+        if ok:
+            self._store_answered()
+        elif self.breaker.trip():
+            _fallback_gauge(True)
         return ok
 
     async def health(self) -> CheckResult:
