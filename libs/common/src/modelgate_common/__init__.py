@@ -38,7 +38,7 @@ from ._metrics import (
     RATE_LIMITED,
 )
 from ._redis import create_redis, redis_ok
-from ._resources import shared_resources
+from ._resources import periodically, shared_resources
 from ._security import (
     ADMIN_SCOPES,
     ALGORITHM,
@@ -119,6 +119,7 @@ __all__ = [
     "create_service_app",
     "error_responses",
     "install_error_handlers",
+    "periodically",
     "private_file_problem",
     "read_secret",
     "redis_ok",

@@ -5,8 +5,9 @@ checks."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
@@ -18,6 +19,17 @@ from ._security import TokenVerifier
 from ._settings import CommonSettings
 
 log = logging.getLogger("modelgate.resources")
+
+
+async def periodically(
+    stop: asyncio.Event, interval: float, work: Callable[[], Awaitable[object]]
+) -> None:
+    """Run ``work`` every ``interval`` seconds until ``stop`` is set (a lifespan task; an
+    event rather than a cancellation, which a Redis call in flight may absorb)."""
+    while not stop.is_set():
+        await work()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), interval)
 
 
 @asynccontextmanager
@@ -56,7 +68,10 @@ async def shared_resources(app: FastAPI, settings: CommonSettings) -> AsyncItera
     checks.add("token_keys", keys_check)
     checks.add("rate_limits", admission.health)
     stop = asyncio.Event()
-    mirror = asyncio.create_task(verifier.keep_mirror(stop))
+    # Each worker's copy of the revocation set, kept for a Redis outage.
+    mirror = asyncio.create_task(
+        periodically(stop, settings.revocation_mirror_seconds, verifier.refresh_mirror)
+    )
     try:
         yield
     finally:

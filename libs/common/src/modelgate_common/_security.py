@@ -7,8 +7,6 @@ required; revocation is checked in Redis.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import logging
 import re
@@ -248,15 +246,6 @@ class TokenVerifier:
             return False
         self.mirror.replace(cast(list[bytes], members))
         return True
-
-    async def keep_mirror(self, stop: asyncio.Event) -> None:
-        """Refresh the mirror every ``revocation_mirror_seconds`` until ``stop`` is set
-        (a lifespan task; an event rather than a cancellation, which a Redis call in
-        flight may absorb)."""
-        while not stop.is_set():
-            await self.refresh_mirror()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self.settings.revocation_mirror_seconds)
 
     def _decode(self, token: str) -> tuple[Principal, str]:
         if len(token) > _MAX_TOKEN_LENGTH or token.count(".") != 2:

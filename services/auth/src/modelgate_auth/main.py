@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -15,6 +14,7 @@ from modelgate_common import (
     HealthChecks,
     configure_logging,
     create_service_app,
+    periodically,
     read_secret,
     shared_resources,
 )
@@ -94,7 +94,9 @@ def create_app(settings: AuthSettings | None = None) -> FastAPI:
                 await publisher.sync()  # a revoked token stays revoked after a Redis restart
                 stop = asyncio.Event()
                 background = [
-                    asyncio.create_task(publisher.run(settings.revocation_sync_interval, stop)),
+                    asyncio.create_task(
+                        periodically(stop, settings.revocation_sync_interval, publisher.sync)
+                    ),
                     asyncio.create_task(_housekeeping(service, publisher, stop)),
                 ]
                 _add_checks(app.state.health, service)
@@ -121,14 +123,15 @@ async def _housekeeping(
     interval: float = 3600.0,
 ) -> None:
     """Hourly until ``stop`` is set: drop revocations and refresh tokens that have expired."""
-    while not stop.is_set():
+
+    async def prune() -> None:
         try:
             await anyio.to_thread.run_sync(publisher.prune)
             await anyio.to_thread.run_sync(service.prune_refresh_tokens)
         except Exception as exc:  # a busy database now is not fatal; try next time
             log.warning("housekeeping failed", extra={"reason": type(exc).__name__})
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), interval)
+
+    await periodically(stop, interval, prune)
 
 
 def _add_checks(checks: HealthChecks, service: AuthService) -> None:

@@ -19,8 +19,6 @@ Writers on other hosts must keep their clocks within the overlap (NTP).
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Iterable
@@ -163,14 +161,6 @@ class RevocationPublisher:
         if full:
             log.info("revocations pushed to redis", extra={"count": len(rows)})
         return len(rows)
-
-    async def run(self, interval: float, stop: asyncio.Event) -> None:
-        """Sync every ``interval`` seconds until ``stop`` is set (a lifespan task; an event
-        rather than a cancellation, which a Redis call in flight may absorb)."""
-        while not stop.is_set():
-            await self.sync()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), interval)
 
 
 def _script_call(items: Iterable[PendingRevocation]) -> tuple[list[str], list[str | int]] | None:
