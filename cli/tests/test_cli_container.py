@@ -290,8 +290,7 @@ def test_entry_point_runs_init_as_the_project_owner_and_hands_out_copies(
 def test_entry_point_runs_user_commands_as_the_containers_user(
     open_tmp: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
 ) -> None:
-    tmp_path = open_tmp
-    _, _, var = _owned_project(tmp_path, monkeypatch, "auth")
+    _, _, var = _owned_project(open_tmp, monkeypatch, "auth")
     monkeypatch.setenv("MG_REDIS_URL", "redis://127.0.0.1:1/0")  # nothing listens
     monkeypatch.delenv("MG_AUTH_DATABASE_URL", raising=False)
     monkeypatch.delenv("MG_AUTH_DATABASE_URL_FILE", raising=False)
