@@ -180,28 +180,26 @@ class LogFileHandler(logging.Handler):
     def _open_fd(self) -> int:
         fd = self._fd
         if fd is not None:
-            try:
-                now = os.stat(self.path)
-                mine = os.fstat(fd)
-                if (now.st_dev, now.st_ino) == (mine.st_dev, mine.st_ino):
-                    return fd
-            except FileNotFoundError:
-                pass
+            if self._is_at_path(fd):
+                return fd
             self._close_fd()  # renamed or removed: write to the path anew
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o666)
         self._fd = fd
         return fd
 
+    def _is_at_path(self, fd: int) -> bool:
+        """Is the open file ``fd`` still the one at ``path`` (not renamed away or removed)?"""
+        try:
+            now = os.stat(self.path)
+        except FileNotFoundError:
+            return False
+        return os.path.samestat(now, os.fstat(fd))
+
     def _rotate(self, fd: int) -> None:
         fcntl.flock(fd, fcntl.LOCK_EX)
         try:
-            try:
-                now = os.stat(self.path)
-            except FileNotFoundError:
-                return
-            mine = os.fstat(fd)
-            if (now.st_dev, now.st_ino) != (mine.st_dev, mine.st_ino):
+            if not self._is_at_path(fd):
                 return  # another process rotated it while this one waited for the lock
             for n in range(LOG_BACKUPS - 1, 0, -1):
                 older = self.path.with_name(f"{self.path.name}.{n}")
