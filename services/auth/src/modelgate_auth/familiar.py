@@ -41,32 +41,36 @@ log = logging.getLogger("modelgate.auth")
 
 FAILURE_WINDOW = 3600  # seconds
 
-# KEYS: familiar set, failure counter. ARGV: address digest, oldest accepted score, limit.
-# 1 when the address is familiar and under its failure limit.
-_ALLOWS = """
+# The start of _ALLOWS and _FAILED: 0 unless the address (ARGV[1]) is in the familiar
+# set (KEYS[1]) with a success no older than ARGV[2].
+_UNLESS_FAMILIAR = """
 local seen = redis.call('zscore', KEYS[1], ARGV[1])
 if not seen or tonumber(seen) < tonumber(ARGV[2]) then
     return 0
 end
-local failures = tonumber(redis.call('get', KEYS[2]) or '0')
+"""
+# KEYS: familiar set, failure counter. ARGV: address digest, oldest accepted score, limit.
+# 1 when the address is familiar and under its failure limit.
+_ALLOWS = (
+    _UNLESS_FAMILIAR
+    + """local failures = tonumber(redis.call('get', KEYS[2]) or '0')
 if failures >= tonumber(ARGV[3]) then
     return 0
 end
 return 1
 """
+)
 # KEYS: familiar set, failure counter. ARGV: address digest, oldest accepted score, window.
 # Counts a failure only from a familiar address (nothing is written for other addresses).
-_FAILED = """
-local seen = redis.call('zscore', KEYS[1], ARGV[1])
-if not seen or tonumber(seen) < tonumber(ARGV[2]) then
-    return 0
-end
-local count = redis.call('incr', KEYS[2])
+_FAILED = (
+    _UNLESS_FAMILIAR
+    + """local count = redis.call('incr', KEYS[2])
 if count == 1 then
     redis.call('expire', KEYS[2], tonumber(ARGV[3]))
 end
 return count
 """
+)
 # KEYS: familiar set, failure counter. ARGV: address digest, now, kept, life (s).
 _REMEMBER = """
 redis.call('zadd', KEYS[1], tonumber(ARGV[2]), ARGV[1])
