@@ -8,6 +8,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi import APIRouter, FastAPI, Request, Security
@@ -23,8 +24,10 @@ from modelgate_common import (
     configure_logging,
     create_service_app,
     read_secret,
+    request_id_var,
 )
 from modelgate_common._logging import JsonFormatter, configure_audit
+from modelgate_common._middleware import ServiceMiddleware
 from modelgate_common.testing import TokenFactory
 from prometheus_client import REGISTRY
 from pydantic import BaseModel, ConfigDict
@@ -313,3 +316,31 @@ def test_an_audit_event_is_formatted_once_for_stderr_and_the_audit_file(
     entry = json.loads(in_file[0])
     assert (entry["audit"], entry["user"], entry["rows"]) == ("prediction", "alice", 3)
     assert not any(key.startswith("_") for key in entry)
+
+
+def test_request_id_with_a_line_break_at_its_end_is_replaced() -> None:
+    """An ASGI server that passes a header value ending in a line break (HTTP parsers
+    refuse one; other servers and in-process callers may not) gets a fresh id: the
+    given one is never echoed nor logged with its break."""
+    seen: list[str] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen.append(request_id_var.get())
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    for given in (b"abcdefgh\n", b"abcdefgh\r\n"):
+        headers = [(b"x-request-id", given)]
+        scope = {"type": "http", "method": "GET", "path": "/", "headers": headers}
+        asyncio.run(ServiceMiddleware(app, max_body_bytes=1024)(scope, receive, send))
+        echoed = dict(sent[-2]["headers"])[b"x-request-id"]
+        assert echoed == seen[-1].encode()
+        assert b"\n" not in echoed and len(echoed) == 32, echoed

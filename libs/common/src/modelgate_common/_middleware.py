@@ -19,7 +19,8 @@ from ._worker import drain_state
 access_log = logging.getLogger("modelgate.access")
 audit_log = logging.getLogger(AUDIT_LOGGER)
 
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
+# fullmatch: "$" alone would let a value end in a line break.
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{8,64}")
 _JSON = [(b"content-type", b"application/json")]
 _TOO_LARGE = b'{"detail":"request body too large"}'
 
@@ -56,7 +57,7 @@ class ServiceMiddleware:
             if name == b"x-request-id":
                 if request_id is None:  # the first one counts, even when it is refused
                     candidate = value.decode("latin-1")
-                    request_id = candidate if _REQUEST_ID.match(candidate) else ""
+                    request_id = candidate if _REQUEST_ID.fullmatch(candidate) else ""
             elif name == b"content-length":
                 try:
                     too_big = too_big or int(value) > limit
